@@ -1,0 +1,101 @@
+"""Storage layout of batches, partitioned by issuer and batch id.
+
+DESIGN.md principle 3: outputs are partitioned by batch id, and the manifest is
+written last as the commit marker.  A batch directory looks like::
+
+    <root>/batches/<issuer>/<batch_id>/
+        staging/shard-00000.arrow.sealed   valid input records, sealed
+        staging/rejects-parse.parquet      validation rejects (no PAN)
+        parts/part-00000.parquet           prepared cards of shard 0 (card data sealed)
+        parts/part-00000.rejects.parquet   per-shard rejects (self-checks, key store)
+        bureau/<batch_id>.cps              the personalization file (sealed body)
+        rejects.csv                        all rejects, masked PANs only
+        manifest.json                      commit marker, MACed
+        report.json, report.html           batch report
+
+Example:
+    >>> from pathlib import Path
+    >>> p = BatchPaths(Path("/srv/cardprep"), "demo", "00ab12cd34ef5678")
+    >>> str(p.manifest)
+    '/srv/cardprep/batches/demo/00ab12cd34ef5678/manifest.json'
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+BATCH_ID_HEX = 16
+
+
+def batch_id_for(sha256_hex: str) -> str:
+    """Batch id = first 16 hex digits of the input file's SHA-256 (DESIGN.md step 1)."""
+    return sha256_hex[:BATCH_ID_HEX].lower()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class BatchPaths:
+    """Every path of one batch, derived from (root, issuer, batch id)."""
+
+    root: Path
+    issuer: str
+    batch_id: str
+
+    @property
+    def base(self) -> Path:
+        return self.root / "batches" / self.issuer / self.batch_id
+
+    @property
+    def staging(self) -> Path:
+        return self.base / "staging"
+
+    def staged_shard(self, index: int) -> Path:
+        return self.staging / f"shard-{index:05d}.arrow.sealed"
+
+    @property
+    def parse_rejects(self) -> Path:
+        return self.staging / "rejects-parse.parquet"
+
+    @property
+    def parts(self) -> Path:
+        return self.base / "parts"
+
+    def part(self, index: int) -> Path:
+        return self.parts / f"part-{index:05d}.parquet"
+
+    def part_rejects(self, index: int) -> Path:
+        return self.parts / f"part-{index:05d}.rejects.parquet"
+
+    @property
+    def bureau_file(self) -> Path:
+        return self.base / "bureau" / f"{self.batch_id}.cps"
+
+    @property
+    def rejects_csv(self) -> Path:
+        return self.base / "rejects.csv"
+
+    @property
+    def manifest(self) -> Path:
+        return self.base / "manifest.json"
+
+    @property
+    def report_json(self) -> Path:
+        return self.base / "report.json"
+
+    @property
+    def report_html(self) -> Path:
+        return self.base / "report.html"
+
+    @property
+    def lock(self) -> Path:
+        return self.base / ".lock"
