@@ -28,12 +28,12 @@ from enum import Enum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import (
+    BlockCipherAlgorithm,
     Cipher,
     CipherContext,
     algorithms,
     modes,
 )
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm
 
 from pipeline.errors import InvalidInputError, KeyLengthError
 
@@ -165,7 +165,7 @@ class BlockCipher:
         self.algorithm = algorithm
         self.block_size = algorithm.block_size
         self.key_size = len(key)
-        self._cipher = Cipher(primitive(algorithm, key), modes.ECB())
+        self._cipher = Cipher(primitive(algorithm, key), modes.ECB())  # noqa: S305 - ECB is the primitive; modes are built on it
         self._enc: CipherContext = self._cipher.encryptor()
         self._dec: CipherContext | None = None
 

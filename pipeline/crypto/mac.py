@@ -32,7 +32,9 @@ def _pad(data: bytes, padding: int, block_size: int) -> bytes:
         return pad_iso9797_m1(data, block_size)
     if padding == 2:
         return pad_iso9797_m2(data, block_size)
-    raise InvalidInputError("padding", f"ISO/IEC 9797-1 padding method must be 1 or 2, got {padding}")
+    raise InvalidInputError(
+        "padding", f"ISO/IEC 9797-1 padding method must be 1 or 2, got {padding}"
+    )
 
 
 def iso9797_mac_alg1(

@@ -1,0 +1,106 @@
+"""GlobalPlatform card static key diversification from the issuer KMC.
+
+The card's KDD (key diversification data) is the first 10 bytes of its
+INITIALIZE UPDATE response.  Three methods (names as GlobalPlatformPro uses
+them, ``library/src/main/java/pro/javacard/gp/keys/PlaintextKeys.java``):
+
+* ``emv`` (EMV CPS v1.1 section 3.2.3, 3DES KMC):
+  K = 3DES-ECB(KMC)[KDD[4..9] || F0 || kk || KDD[4..9] || 0F || kk],
+  kk = 01 ENC, 02 MAC, 03 DEK.
+* ``visa2`` (VISA2 / "CPG 2.02", 3DES KMC): the same with KDD[0..1] ||
+  KDD[4..7] in place of KDD[4..9].
+* ``kdf3`` (AES KMC, SCP03 cards): NIST SP 800-108 KDF in counter mode with
+  AES-CMAC under the KMC, 8-bit counter *first*, fixed input
+  ``00 00 00 || kk || 00 || KDD[0..9]`` (16 bytes per PRF call together with
+  the counter), output as long as the KMC, kk = 01 ENC, 02 MAC, 03 DEK.
+
+Source and doubt for ``kdf3``: GlobalPlatform Amendment D (SCP03) defines the
+SP 800-108 KDF for *session* keys (label 00*11 || constant || 00 || L ||
+counter || context, constants 04 S-ENC, 06 S-MAC, 07 S-RMAC, table 4-1) but
+not the diversification of card *static* keys from a master key, which is
+issuer- or vendor-specific.  We implement the construction GlobalPlatformPro
+calls ``kdf3`` (template ``$_ 00 00 00 $k 00 $0..$9``: empty prefix, the
+counter, then the constants and KDD, no L field), because it is the one with
+public known answers (GlobalPlatformPro TestPlaintextKeys: KCVs for AES-128 /
+192 / 256 and one full AES-256 key from an external source).  A card issued
+with the Amendment D-style label layout would need a fourth method.
+
+Keys are returned as computed: no parity adjustment (the EMV CPS examples of
+GPKeySetTest in openjavacard-tools are raw 3DES outputs).
+
+Example:
+    >>> kmc = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
+    >>> enc, mac, dek = diversify_card_keys(kmc, bytes(10))
+    >>> enc.hex().upper()
+    '5D9A62E01DF1FA7A93F231000F4AC272'
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pipeline.crypto.ciphers import Algorithm, BlockCipher
+from pipeline.crypto.mac import cmac
+from pipeline.errors import InvalidInputError, KeyLengthError
+
+__all__ = ["GpDiversification", "diversify_card_keys"]
+
+_KEY_TYPES = (0x01, 0x02, 0x03)  # ENC, MAC, DEK
+
+
+class GpDiversification(Enum):
+    """Card static key diversification methods (value: the string callers pass)."""
+
+    EMV = "emv"
+    VISA2 = "visa2"
+    KDF3 = "kdf3"
+
+
+def _emv_block(kdd: bytes, method: GpDiversification, kk: int) -> bytes:
+    six = kdd[4:10] if method is GpDiversification.EMV else kdd[0:2] + kdd[4:8]
+    return six + bytes([0xF0, kk]) + six + bytes([0x0F, kk])
+
+
+def _kdf3(kmc: bytes, kdd: bytes, kk: int) -> bytes:
+    rounds = -(-len(kmc) // 16)
+    fixed = bytes([0x00, 0x00, 0x00, kk, 0x00]) + kdd
+    out = b"".join(cmac(Algorithm.AES, kmc, bytes([i]) + fixed) for i in range(1, rounds + 1))
+    return out[: len(kmc)]
+
+
+def diversify_card_keys(
+    kmc: bytes, kdd: bytes, method: str = "emv"
+) -> tuple[bytes, bytes, bytes]:
+    """Card static keys (ENC, MAC, DEK) from the KMC and the card's 10-byte KDD.
+
+    ``method``: ``"emv"`` or ``"visa2"`` (16-byte 3DES KMC), ``"kdf3"`` (AES KMC
+    of 16, 24 or 32 bytes).  See the module docstring for sources.
+
+    Example:
+        >>> kmc = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
+        >>> kdd = bytes.fromhex("00010203040506070809")
+        >>> from pipeline.crypto.kcv import kcv
+        >>> [kcv(k).hex().upper() for k in diversify_card_keys(kmc, kdd, "visa2")]
+        ['2BE598', '58DA38', '3C328E']
+    """
+    try:
+        m = GpDiversification(method)
+    except ValueError:
+        raise InvalidInputError(
+            "method", f"unknown diversification {method!r}; use emv, visa2 or kdf3"
+        ) from None
+    if len(kdd) != 10:
+        raise InvalidInputError("kdd", f"must be 10 bytes, got {len(kdd)}")
+    kdd = bytes(kdd)
+    if m is GpDiversification.KDF3:
+        if len(kmc) not in (16, 24, 32):
+            raise KeyLengthError(
+                "kmc", f"kdf3 needs an AES KMC of 16, 24 or 32 bytes, got {len(kmc)}"
+            )
+        enc, mac, dek = (_kdf3(bytes(kmc), kdd, kk) for kk in _KEY_TYPES)
+        return enc, mac, dek
+    if len(kmc) != 16:
+        raise KeyLengthError("kmc", f"{m.value} needs a 16-byte 3DES KMC, got {len(kmc)}")
+    cipher = BlockCipher(Algorithm.TDES, kmc)
+    enc, mac, dek = (cipher.encrypt_ecb(_emv_block(kdd, m, kk)) for kk in _KEY_TYPES)
+    return enc, mac, dek
