@@ -120,6 +120,10 @@ class ConfigError(CardprepError):
     """A configuration file (layout, product, issuer, settings) is invalid."""
 
 
+class PreparationError(CardprepError):
+    """A card's data cannot be built (record template, static data, DGI rules)."""
+
+
 class InputFileError(CardprepError):
     """A batch-level problem with an issuer input file (header, trailer, totals)."""
 
