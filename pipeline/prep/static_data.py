@@ -1,0 +1,196 @@
+"""The AFL and the static data to be authenticated (EMV 4.x Book 3 10.2-10.3, Book 2 5.4 / 6.3).
+
+Application File Locator (Book 3 10.2): 4 bytes per entry, ``SFI << 3``,
+first record, last record, number of records (from the first) that take part
+in offline data authentication.  An entry with SFI 0 or 31, first record 0,
+last < first, or more ODA records than records is invalid.
+
+Static data to be authenticated (Book 3 10.3): the records the AFL marks for
+ODA, in AFL order, then the values of the tags in the SDA Tag List
+(``9F4A``).
+
+* SFI 1..10: the record must be a tag-``70`` template; only its *value* is
+  included (the ``70`` tag and its length are stripped).  Any other record
+  makes ODA fail.
+* SFI 11..30: the whole record, tag and length included.
+* The SDA Tag List may contain only the tag of the AIP (``82``); its value
+  (2 bytes) is appended.
+
+The ICC public key certificate (RSA, Book 2 6.3 / Table 14) and the PBOC SM2
+format-14 certificate sign this data, so it is computed after the records
+and the AIP are final and must not include the certificate's own record.
+
+Example:
+    >>> afl = build_afl([(1, 1, False), (2, 1, True), (2, 2, True), (3, 1, False)])
+    >>> afl.hex().upper()
+    '080101001001020218010100'
+    >>> records = {(2, 1): bytes.fromhex("70035A0112"), (2, 2): bytes.fromhex("70035F3401")}
+    >>> records |= {(1, 1): b"", (3, 1): b""}
+    >>> static_data_to_authenticate(afl, records, bytes.fromhex("82"), bytes.fromhex("3C00")).hex()
+    '5a01125f34013c00'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pipeline.crypto.tlv import decode_tlv
+from pipeline.errors import InvalidInputError, PreparationError
+
+__all__ = [
+    "AIP_TAG",
+    "RECORD_TEMPLATE_TAG",
+    "AflEntry",
+    "build_afl",
+    "oda_record_data",
+    "parse_afl",
+    "static_data_to_authenticate",
+]
+
+AIP_TAG = b"\x82"
+RECORD_TEMPLATE_TAG = 0x70
+LAST_TEMPLATE_SFI = 10  # Book 3 10.3: SFIs 1..10 hold tag-70 templates
+MAX_SFI = 30
+AFL_ENTRY_LENGTH = 4
+
+
+@dataclass(frozen=True, slots=True)
+class AflEntry:
+    """One AFL entry (Book 3 10.2).
+
+    Example:
+        >>> AflEntry(2, 1, 2, 1).encode().hex()
+        '10010201'
+    """
+
+    sfi: int
+    first_record: int
+    last_record: int
+    oda_records: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sfi <= MAX_SFI:
+            raise PreparationError("afl", f"SFI {self.sfi} outside 1..{MAX_SFI}")
+        if not 1 <= self.first_record <= self.last_record <= 0xFF:
+            raise PreparationError(
+                "afl", f"SFI {self.sfi}: records {self.first_record}..{self.last_record} invalid"
+            )
+        if not 0 <= self.oda_records <= self.last_record - self.first_record + 1:
+            raise PreparationError(
+                "afl", f"SFI {self.sfi}: {self.oda_records} ODA records exceed the entry's records"
+            )
+
+    def encode(self) -> bytes:
+        """The 4 AFL bytes of this entry."""
+        return bytes([self.sfi << 3, self.first_record, self.last_record, self.oda_records])
+
+    def records(self) -> range:
+        """The record numbers this entry covers."""
+        return range(self.first_record, self.last_record + 1)
+
+    def is_oda(self, record: int) -> bool:
+        """True when ``record`` is among the entry's ODA records (the first ones)."""
+        return self.first_record <= record < self.first_record + self.oda_records
+
+
+def parse_afl(afl: bytes) -> tuple[AflEntry, ...]:
+    """Parse an AFL value (Book 3 10.2); invalid syntax raises PreparationError.
+
+    Example:
+        >>> parse_afl(bytes.fromhex("10010201"))
+        (AflEntry(sfi=2, first_record=1, last_record=2, oda_records=1),)
+    """
+    if not afl or len(afl) % AFL_ENTRY_LENGTH:
+        raise PreparationError("afl", f"length {len(afl)} is not a positive multiple of 4")
+    entries = []
+    for offset in range(0, len(afl), AFL_ENTRY_LENGTH):
+        first_byte, first, last, oda = afl[offset : offset + AFL_ENTRY_LENGTH]
+        if first_byte & 0x07:
+            raise PreparationError("afl", f"entry {offset // 4}: low bits of byte 1 not zero")
+        entries.append(AflEntry(first_byte >> 3, first, last, oda))
+    return tuple(entries)
+
+
+def build_afl(records: Iterable[tuple[int, int, bool]]) -> bytes:
+    """The AFL for ``(sfi, record, oda)`` triples, in the given order (Book 3 10.2).
+
+    Consecutive records of one SFI share an entry as long as the ODA records
+    come first in it (byte 4 counts from the first record); an ODA record after
+    a non-ODA one, or a gap in numbering, starts a new entry.
+
+    Example:
+        >>> build_afl([(1, 1, True), (1, 2, False), (1, 3, True)]).hex()
+        '0801020108030301'
+    """
+    entries: list[list[int]] = []  # [sfi, first, last, oda]
+    for sfi, record, oda in records:
+        last = entries[-1] if entries else None
+        extends = last is not None and last[0] == sfi and last[2] + 1 == record
+        in_oda_prefix = last is not None and last[3] == last[2] - last[1] + 1
+        if last is not None and extends and (not oda or in_oda_prefix):
+            last[2] = record
+            last[3] += 1 if oda else 0
+        else:
+            entries.append([sfi, record, record, 1 if oda else 0])
+    if not entries:
+        raise PreparationError("afl", "no records")
+    return b"".join(AflEntry(*entry).encode() for entry in entries)
+
+
+def oda_record_data(sfi: int, record_number: int, record: bytes) -> bytes:
+    """What one ODA record contributes to the static data (Book 3 10.3).
+
+    SFI 1..10: the value of the tag-70 template (which must be the whole
+    record); SFI 11..30: the record as read.
+
+    Example:
+        >>> oda_record_data(2, 1, bytes.fromhex("70035A0112")).hex()
+        '5a0112'
+        >>> oda_record_data(11, 1, bytes.fromhex("70035A0112")).hex()
+        '70035a0112'
+    """
+    if sfi > LAST_TEMPLATE_SFI:
+        return bytes(record)
+    where = f"record {sfi:02X}{record_number:02X}"
+    if not record or record[0] != RECORD_TEMPLATE_TAG:
+        raise PreparationError(where, "ODA record in SFI 1..10 is not a tag-70 template")
+    try:
+        items = decode_tlv(record)
+    except InvalidInputError as exc:
+        raise PreparationError(where, f"malformed template: {exc}") from None
+    if len(items) != 1:
+        raise PreparationError(where, "data after the tag-70 template")
+    return items[0].value
+
+
+def static_data_to_authenticate(
+    afl: bytes,
+    records: Mapping[tuple[int, int], bytes],
+    sda_tag_list: bytes | None,
+    aip: bytes,
+) -> bytes:
+    """Static data to be authenticated (Book 3 10.3): ODA records, then the AIP if listed.
+
+    ``records`` maps ``(sfi, record)`` to the record bytes (tag-70 template).
+    ``sda_tag_list`` is the value of ``9F4A`` (``None`` or empty when absent);
+    it may contain only ``82``.
+    """
+    parts: list[bytes] = []
+    for entry in parse_afl(afl):
+        for number in range(entry.first_record, entry.first_record + entry.oda_records):
+            record = records.get((entry.sfi, number))
+            if record is None:
+                raise PreparationError(
+                    "afl", f"ODA record {entry.sfi:02X}{number:02X} is not among the card's records"
+                )
+            parts.append(oda_record_data(entry.sfi, number, record))
+    if sda_tag_list:
+        if bytes(sda_tag_list) != AIP_TAG:
+            raise PreparationError(
+                "9F4A", f"SDA tag list may contain only tag 82, got {bytes(sda_tag_list).hex()}"
+            )
+        if len(aip) != 2:
+            raise PreparationError("82", f"AIP must be 2 bytes, got {len(aip)}")
+        parts.append(bytes(aip))
+    return b"".join(parts)
