@@ -78,9 +78,7 @@ _MAX_UID_BYTES = 0xFFFF // 8  # ENTL is a 2-byte bit length (GB/T 32918.2 5.5)
 
 _SM3 = hashes.SM3()
 _N = curve.N
-_CURVE_BYTES = b"".join(
-    v.to_bytes(32, "big") for v in (curve.A, curve.B, curve.GX, curve.GY)
-)
+_CURVE_BYTES = b"".join(v.to_bytes(32, "big") for v in (curve.A, curve.B, curve.GX, curve.GY))
 
 
 def warm_up() -> None:
@@ -358,9 +356,7 @@ class Sm2Verifier:
             raise SignatureError("signature", "does not verify (GB/T 32918.2 7.1 B7)")
 
 
-def verify(
-    public_key: bytes, message: bytes, signature: bytes, uid: bytes = DEFAULT_UID
-) -> None:
+def verify(public_key: bytes, message: bytes, signature: bytes, uid: bytes = DEFAULT_UID) -> None:
     """Raise SignatureError unless r || s is a valid signature of ``message`` (GB/T 32918.2 7.1).
 
     A malformed public key or user ID raises InvalidInputError.

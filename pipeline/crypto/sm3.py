@@ -41,8 +41,6 @@ def sm3_concat(*parts: bytes) -> bytes:
     ctx = hashes.Hash(_SM3)
     for index, part in enumerate(parts):
         if not isinstance(part, bytes | bytearray | memoryview):
-            raise InvalidInputError(
-                f"data[{index}]", f"expected bytes, got {type(part).__name__}"
-            )
+            raise InvalidInputError(f"data[{index}]", f"expected bytes, got {type(part).__name__}")
         ctx.update(part)
     return ctx.finalize()
