@@ -138,3 +138,16 @@ class PublishError(CardprepError):
 
 class VerificationError(CardprepError):
     """A published batch fails independent verification."""
+
+
+class InputFileCheckError(InputFileError):
+    """An input file failed one named batch-level check (empty file, BOM, trailer, totals).
+
+    ``check`` is a stable identifier (``"empty_file"``, ``"count"``, ``"hash_total"``
+    ...; docs/INPUT.md lists them) so that callers and tests need not parse messages.
+    """
+
+    def __init__(self, path: str, check: str, detail: str) -> None:
+        self.path = path
+        self.check = check
+        super().__init__(f"{path} [{check}]", detail)
