@@ -28,8 +28,13 @@ from pipeline.errors import InvalidInputError, KeyLengthError, SignatureError
 
 
 @functools.cache
-def key(bits: int, e: int = 3) -> RsaPrivateKey:
+def _key(bits: int, e: int) -> RsaPrivateKey:
     return generate_rsa_key(bits, e)
+
+
+def key(bits: int, e: int = 3) -> RsaPrivateKey:
+    """One key per (size, exponent) for the whole module."""
+    return _key(bits, e)
 
 
 def test_textbook_public_op() -> None:
