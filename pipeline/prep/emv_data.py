@@ -105,8 +105,8 @@ def _check_pan(pan: str) -> str:
     _digits(pan, "pan", secret=True)
     if not MIN_PAN_DIGITS <= len(pan) <= MAX_PAN_DIGITS:
         raise PreparationError(
-            "pan", f"must be {MIN_PAN_DIGITS}..{MAX_PAN_DIGITS} digits, got {len(pan)} "
-            f"({mask_pan(pan)})"
+            "pan",
+            f"must be {MIN_PAN_DIGITS}..{MAX_PAN_DIGITS} digits, got {len(pan)} ({mask_pan(pan)})",
         )
     return pan
 
