@@ -158,22 +158,23 @@ class PbocIccCertificate:
 # --- field encodings ----------------------------------------------------------------
 
 
-def _encode_f_padded(name: str, digits: str, size: int, min_digits: int) -> bytes:
+def _encode_f_padded(name: str, digits: str, size: int, min_digits: int, max_digits: int) -> bytes:
     """Digits as BCD, right-padded with F nibbles to ``size`` bytes (EMV Book 3 4.3 'cn')."""
     if not isinstance(digits, str) or not digits.isascii() or not digits.isdigit():
         raise InvalidInputError(name, "must be a string of decimal digits")
-    if not min_digits <= len(digits) <= 2 * size:
+    if not min_digits <= len(digits) <= max_digits:
         raise InvalidInputError(
-            name, f"must be {min_digits}..{2 * size} digits, got {len(digits)} digits"
+            name, f"must be {min_digits}..{max_digits} digits, got {len(digits)} digits"
         )
     return bytes.fromhex(digits.ljust(2 * size, "F"))
 
 
-def _decode_f_padded(name: str, raw: bytes, min_digits: int) -> str:
-    text = raw.hex().upper()
-    digits = text.rstrip("F")
-    if not digits.isdigit() or len(digits) < min_digits:
-        raise CertificateError(name, "not BCD digits right-padded with F")
+def _decode_f_padded(name: str, raw: bytes, min_digits: int, max_digits: int) -> str:
+    digits = raw.hex().upper().rstrip("F")
+    if not digits.isdigit() or not min_digits <= len(digits) <= max_digits:
+        raise CertificateError(
+            name, f"not {min_digits}..{max_digits} BCD digits right-padded with F"
+        )
     return digits
 
 
@@ -248,7 +249,7 @@ def build_pboc_issuer_certificate(
     """
     body = _body(
         CertKind.ISSUER,
-        _encode_f_padded("issuer_identifier", issuer_identifier, 4, 3),
+        _encode_f_padded("issuer_identifier", issuer_identifier, 4, 3, 8),
         _encode_expiry(expiry),
         _check_serial(serial),
         _check_public_key("issuer_public_key", issuer_public_key),
@@ -282,7 +283,7 @@ def build_pboc_icc_certificate(  # noqa: PLR0917 - positional order is the issue
         raise InvalidInputError("static_data", "expected bytes")
     body = _body(
         CertKind.ICC,
-        _encode_f_padded("pan", pan, 10, 12),
+        _encode_f_padded("pan", pan, 10, 12, 19),
         _encode_expiry(expiry),
         _check_serial(serial),
         _check_public_key("icc_public_key", icc_public_key),
@@ -352,7 +353,7 @@ def verify_pboc_issuer_certificate(cert: bytes, ca_public_key: bytes) -> PbocIss
         True
     """
     fields = _split(CertKind.ISSUER, cert)
-    identifier = _decode_f_padded("identifier", fields["identifier"], 3)
+    identifier = _decode_f_padded("identifier", fields["identifier"], 3, 8)
     expiry = _decode_expiry(fields["expiry"])
     key = _certified_key(fields)
     _verify_signature(ca_public_key, bytes(cert[:-64]), fields["signature"], "ca")
@@ -375,7 +376,7 @@ def verify_pboc_icc_certificate(
     if not isinstance(static_data, bytes | bytearray):
         raise InvalidInputError("static_data", "expected bytes")
     fields = _split(CertKind.ICC, cert)
-    pan = _decode_f_padded("identifier", fields["identifier"], 12)
+    pan = _decode_f_padded("identifier", fields["identifier"], 12, 19)
     expiry = _decode_expiry(fields["expiry"])
     key = _certified_key(fields)
     signed = bytes(cert[:-64]) + bytes(static_data)
