@@ -155,6 +155,10 @@ class Header:
                 raise _header_error(
                     f"optional block {block_id}", "<non-printable>", "must be printable ASCII"
                 )
+        ids = [block_id for block_id, _ in self.blocks]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise _header_error("optional block id", dup, "appears more than once")
         if len(self.blocks) > 99:
             raise _header_error("blocks", str(len(self.blocks)), "at most 99 optional blocks")
 

@@ -184,3 +184,8 @@ def test_strength_table() -> None:
     assert key_strength_bits("T", 24) == 112
     assert key_strength_bits("A", 24) == 192
     assert key_strength_bits("H", 32) is None
+
+
+def test_duplicate_optional_block_refused() -> None:
+    with pytest.raises(KeyBlockHeaderError, match="more than once, got 'KS'"):
+        Header.parse("B0000P0TE00N0200KS0600KS0600")
