@@ -221,18 +221,22 @@ def check_exportable(record: KeyRecord) -> None:
         )
 
 
-def check_strength(wrapping: KeyRecord, wrapped: KeyRecord, operation: Operation) -> None:
-    """Refuse wrapping a key under a weaker one (PCI PIN 18-3; SP 800-57 5.6.1).
+def check_strength(
+    wrapping: KeyRecord, wrapped: str, wrapped_bits: int, operation: Operation
+) -> None:
+    """Refuse protecting a key of ``wrapped_bits`` strength under a weaker key.
+
+    PCI PIN Security Requirement 18-3 / NIST SP 800-57 Pt 1 section 5.6.1:
+    a key is protected only by a key of equal or greater strength.
 
     Example:
-        >>> check_strength(tdes2_kbpk, aes256_key, Operation.WRAP_KEY_BLOCK)  # doctest: +SKIP
+        >>> check_strength(tdes2_kbpk, "aes@v1", 256, Operation.WRAP_KEY_BLOCK)  # doctest: +SKIP
         Traceback (most recent call last):
-        pipeline.errors.KeyUsageError: kbpk@v1: 80-bit ... weaker than aes@v1 (256-bit) ...
+        pipeline.errors.KeyUsageError: kbpk@v1: usage K1 key of 80-bit strength is weaker ...
     """
-    if wrapping.strength_bits < wrapped.strength_bits:
+    if wrapping.strength_bits < wrapped_bits:
         raise KeyUsageError(
             str(wrapping.ref),
             f"usage {wrapping.usage.value} key of {wrapping.strength_bits}-bit strength is "
-            f"weaker than {wrapped.ref} ({wrapped.strength_bits}-bit): "
-            f"{operation.value} refused",
+            f"weaker than {wrapped} ({wrapped_bits}-bit): {operation.value} refused",
         )

@@ -1,0 +1,1452 @@
+"""The soft key store: SQLite, every key a TR-31 version D key block under the HMK.
+
+For development and demos only (DESIGN.md "Key store backends"): it refuses
+to open when settings say ``environment: production``.
+
+Storage (stdlib ``sqlite3``, WAL journal, ``secure_delete`` on, one
+connection per store object):
+
+* ``meta``: schema version, the HMK's KCV (AES-CMAC, 5 bytes), the scrypt
+  salt of a demo passphrase HMK.
+* ``keys``: one row per key version: the record's metadata and
+  ``key_block`` = X9.143 / TR-31 version D block under the HMK (AES-256).
+  The block's header binds usage, algorithm, mode of use and exportability,
+  and a proprietary optional block ``01`` binds ``label@vN``; every unwrap
+  checks them against the row, so editing the row cannot repurpose a key.
+  RSA private keys are stored as PKCS #8 DER with algorithm ``R``, SM2 as the
+  32-byte scalar ``d`` with algorithm ``E`` (X9.143 Table 3), SM4 under the
+  proprietary algorithm code ``4``.  After destruction ``key_block`` is NULL.
+* ``destruction_evidence``: who destroyed which version when, with the KCV
+  and the SHA-256 of the erased block.
+
+Hot path (``derive_and_wrap``, ``translate``, ``sign`` ...): the first use of
+a :class:`KeyRef` in a process unwraps its block and caches the clear key and
+its cipher / deriver / signer objects in process memory.  The key's record is
+re-read from the database at most every ``cache_ttl`` seconds (default 5), so
+a suspension made by another process takes effect within that time; usage,
+mode and state are checked against the cached record on *every* call.
+Neither logs nor exceptions ever carry key bytes.
+
+Several processes: open one store per process (SQLite WAL lets readers and
+one writer work concurrently).  Data-preparation workers use
+:meth:`SoftKeyStore.worker_handle` -> ``handle.open()``, which opens the
+database read-only (key use only, no key management).
+
+Example:
+    >>> store = SoftKeyStore.create(tmp / "k.db", hmk, actor="ops")   # doctest: +SKIP
+    >>> rec = store.generate("tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK,
+    ...                      "bureau:demo", actor="ops")                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline.audit.trail import AuditTrail
+from pipeline.crypto import gp, rsa, sm2, tr31
+from pipeline.crypto.aead import AesGcm
+from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
+from pipeline.crypto.emv import IccMkDeriver, validate_pan
+from pipeline.crypto.kcv import kcv as compute_kcv
+from pipeline.crypto.kcv import kcv_method_for
+from pipeline.crypto.kdf import hkdf_sha256, hmac_sha256
+from pipeline.crypto.mac import cmac
+from pipeline.crypto.padding import pad_iso9797_m2
+from pipeline.errors import (
+    AuditError,
+    CapabilityError,
+    CardprepError,
+    CeremonyError,
+    InvalidInputError,
+    KeyBlockError,
+    KeyNotFoundError,
+    KeyStateError,
+    KeyStoreError,
+    KeyUsageError,
+)
+from pipeline.keys.components import xor_combine
+from pipeline.keys.hmk import (
+    check_hmk,
+    hmk_from_passphrase_file,
+    hmk_kcv,
+)
+from pipeline.keys.model import (
+    DerivationMethod,
+    Exportability,
+    IccKeyPair,
+    IssuerCertificateRecord,
+    KeyAlgorithm,
+    KeyRecord,
+    KeyRef,
+    KeyRole,
+    KeyState,
+    KeyUsage,
+    WrappedKey,
+    check_label,
+    rsa_strength_bits,
+)
+from pipeline.keys.settings import Settings
+from pipeline.keys.store import CAPABILITIES
+from pipeline.keys.usage import (
+    MODE_DIRECTIONS,
+    Operation,
+    check,
+    check_exportable,
+    check_strength,
+)
+
+__all__ = ["ASYMMETRIC_KCV_METHOD", "SoftKeyStore", "SoftStoreHandle"]
+
+SCHEMA_VERSION = "1"
+#: KCV of a key pair: SHA-256(public key || public exponent), leftmost 3 bytes.
+ASYMMETRIC_KCV_METHOD = "sha256-pub"
+DEFAULT_AUDIT_LABEL = "audit-mac"
+_BINDING_BLOCK = "01"  # proprietary TR-31 optional block: "label@vN"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    label TEXT NOT NULL, version INTEGER NOT NULL,
+    algorithm TEXT NOT NULL, bits INTEGER NOT NULL, usage TEXT NOT NULL,
+    role TEXT NOT NULL, mode TEXT NOT NULL, exportability TEXT NOT NULL,
+    owner TEXT NOT NULL, state TEXT NOT NULL, prev_state TEXT,
+    kcv TEXT NOT NULL, kcv_method TEXT NOT NULL, custodians TEXT NOT NULL,
+    source TEXT NOT NULL, created_at TEXT NOT NULL, activated_at TEXT,
+    updated_at TEXT NOT NULL, destroy_after TEXT, destroyed_at TEXT,
+    key_block TEXT, public_key BLOB, public_exponent BLOB, certificate TEXT,
+    PRIMARY KEY (label, version)
+);
+CREATE TABLE IF NOT EXISTS destruction_evidence (
+    label TEXT NOT NULL, version INTEGER NOT NULL, kcv TEXT NOT NULL,
+    kcv_method TEXT NOT NULL, scheduled_by TEXT, destroyed_by TEXT NOT NULL,
+    destroyed_at TEXT NOT NULL, key_block_sha256 TEXT NOT NULL, method TEXT NOT NULL,
+    PRIMARY KEY (label, version)
+);
+"""
+
+_S = KeyState
+#: action -> (states it may start from, target state; None = back to prev_state)
+_TRANSITIONS: dict[str, tuple[frozenset[KeyState], KeyState | None]] = {
+    "activate": (frozenset({_S.PRE_ACTIVE}), _S.ACTIVE),
+    "suspend": (frozenset({_S.ACTIVE, _S.DEACTIVATED}), _S.SUSPENDED),
+    "resume": (frozenset({_S.SUSPENDED}), None),
+    "retire": (frozenset({_S.PRE_ACTIVE, _S.ACTIVE, _S.DEACTIVATED, _S.SUSPENDED}), _S.RETIRED),
+    "schedule_destruction": (
+        frozenset({_S.PRE_ACTIVE, _S.DEACTIVATED, _S.SUSPENDED, _S.RETIRED}),
+        _S.DESTROY_PENDING,
+    ),
+    "restore": (frozenset({_S.DESTROY_PENDING}), None),
+    "destroy": (frozenset({_S.DESTROY_PENDING}), _S.DESTROYED),
+}
+
+_SYMMETRIC_ALGORITHM: dict[KeyAlgorithm, Algorithm] = {
+    KeyAlgorithm.TDES2: Algorithm.TDES,
+    KeyAlgorithm.TDES3: Algorithm.TDES,
+    KeyAlgorithm.AES128: Algorithm.AES,
+    KeyAlgorithm.AES192: Algorithm.AES,
+    KeyAlgorithm.AES256: Algorithm.AES,
+    KeyAlgorithm.SM4: Algorithm.SM4,
+}
+
+_DERIVATION_OPTION: dict[DerivationMethod, str] = {
+    DerivationMethod.OPTION_A: "A",
+    DerivationMethod.OPTION_B: "B",
+    DerivationMethod.AES: "C",
+    DerivationMethod.SM4: "sm4",
+}
+
+#: TR-31 header (algorithm code, key length) -> algorithm, for imported blocks.
+_TR31_IMPORT: dict[tuple[str, int], KeyAlgorithm] = {
+    ("T", 16): KeyAlgorithm.TDES2,
+    ("T", 24): KeyAlgorithm.TDES3,
+    ("A", 16): KeyAlgorithm.AES128,
+    ("A", 24): KeyAlgorithm.AES192,
+    ("A", 32): KeyAlgorithm.AES256,
+    ("4", 16): KeyAlgorithm.SM4,
+}
+
+#: KBPK algorithm -> TR-31 version used for exports.
+_EXPORT_VERSION: dict[KeyAlgorithm, str] = {
+    KeyAlgorithm.TDES2: "B",
+    KeyAlgorithm.TDES3: "B",
+    KeyAlgorithm.AES128: "D",
+    KeyAlgorithm.AES192: "D",
+    KeyAlgorithm.AES256: "D",
+}
+
+_PURPOSE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_OWNER_RE = re.compile(r"^[a-z]+:[A-Za-z0-9._-]{1,64}$")
+_DEFAULT_RSA_EXPONENT = 3  # EMV issuer keys: 3 or 65537 (Book 2 A2.1)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _symmetric(algorithm: KeyAlgorithm) -> Algorithm:
+    try:
+        return _SYMMETRIC_ALGORITHM[algorithm]
+    except KeyError:
+        raise KeyUsageError("algorithm", f"{algorithm.value} is not a block cipher key") from None
+
+
+def _asymmetric_kcv(public_key: bytes, public_exponent: bytes | None) -> bytes:
+    return hashlib.sha256(public_key + (public_exponent or b"")).digest()[:3]
+
+
+def _check_purpose(purpose: str) -> bytes:
+    if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
+        raise InvalidInputError("purpose", f"expected 1..64 of a-z 0-9 . _ -, got {purpose!r}")
+    return purpose.encode()
+
+
+def _check_actor(actor: str) -> str:
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 128:
+        raise InvalidInputError("actor", "a custodian or service id is required")
+    return actor
+
+
+def _subject(record: KeyRecord) -> str:
+    return f"{record.ref} kcv={record.kcv.hex().upper()}"
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """A key in process memory: record (refreshed every ``cache_ttl``), clear key, objects."""
+
+    record: KeyRecord
+    checked_at: float
+    key: bytes | None = field(default=None, repr=False)
+    objects: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SoftStoreHandle:
+    """Picklable recipe for opening the same store read-only in a worker process.
+
+    It carries the HMK (``repr`` hides it): pass it only to worker processes
+    of the same host over the process pool's local pipe, never to logs,
+    XCom or files.
+    """
+
+    path: Path
+    audit_path: Path
+    hmk: bytes = field(repr=False)
+    cache_ttl: float = 5.0
+
+    def open(self) -> SoftKeyStore:
+        """Open the store read-only (key use only)."""
+        return SoftKeyStore(
+            self.path,
+            self.hmk,
+            audit_path=self.audit_path,
+            read_only=True,
+            cache_ttl=self.cache_ttl,
+        )
+
+
+class _StoreSealer:
+    """Audit-trail MACs under the store's audit key (``store.mac(ref, data, "audit")``)."""
+
+    def __init__(self, store: SoftKeyStore, label: str) -> None:
+        self._store = store
+        self._label = label
+
+    def key_id(self) -> str:
+        try:
+            return str(self._store.active(self._label))
+        except KeyStoreError as exc:
+            raise AuditError("audit key", f"no usable audit key: {exc}") from None
+
+    def seal(self, key_id: str, data: bytes) -> bytes:
+        try:
+            return self._store.mac(KeyRef.parse(key_id), data, "audit")
+        except CardprepError as exc:
+            raise AuditError("audit key", f"cannot MAC under {key_id}: {exc}") from None
+
+    def check(self, key_id: str, data: bytes, mac: bytes) -> bool:
+        return self._store.verify_mac(KeyRef.parse(key_id), data, mac, "audit")
+
+
+class SoftKeyStore:
+    """SQLite key store implementing :class:`pipeline.keys.store.KeyStore`.
+
+    Open an existing store with ``SoftKeyStore(path, hmk)``; make a new one
+    with :meth:`create`; demos use :meth:`open_with_passphrase`.
+    """
+
+    # --- opening ------------------------------------------------------------------
+
+    def __init__(
+        self,
+        path: Path,
+        hmk: bytes,
+        *,
+        audit_path: Path | None = None,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        read_only: bool = False,
+        cache_ttl: float = 5.0,
+        audit_key_label: str = DEFAULT_AUDIT_LABEL,
+    ) -> None:
+        if settings is not None and settings.is_production:
+            raise KeyStoreError(
+                "settings.environment",
+                "the soft key store refuses to open when environment is 'production'; "
+                "use key_store.backend: pkcs11",
+            )
+        self.path = Path(path)
+        if not self.path.exists():
+            raise KeyStoreError("path", f"no key store at {self.path}; create it first")
+        self.read_only = read_only
+        self._clock = clock
+        self._cache_ttl = cache_ttl
+        self._cache: dict[KeyRef, _Loaded] = {}
+        self._conn = self._connect(self.path, read_only)
+        try:
+            stored = self._meta("hmk_kcv")
+            if stored is None:
+                raise KeyStoreError("path", f"{self.path} is not a cardprep key store")
+            self._hmk = check_hmk(bytes(hmk), bytes.fromhex(stored))
+        except BaseException:
+            self._conn.close()
+            raise
+        self.audit_path = (
+            Path(audit_path) if audit_path else self.path.with_name(self.path.name + ".audit.jsonl")
+        )
+        self._audit_label = audit_key_label
+        self._trail = AuditTrail(self.audit_path, _StoreSealer(self, audit_key_label), clock=clock)
+
+    @staticmethod
+    def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+        try:
+            if read_only:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
+                )
+            else:
+                conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            raise KeyStoreError("path", f"cannot open {path}: {exc}") from None
+        return conn
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        hmk: bytes,
+        *,
+        actor: str,
+        hmk_custodians: Sequence[str] = (),
+        audit_path: Path | None = None,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        scrypt_salt: bytes | None = None,
+        audit_key_label: str = DEFAULT_AUDIT_LABEL,
+    ) -> SoftKeyStore:
+        """Create a new, empty store protected by ``hmk`` and its audit key.
+
+        Records the HMK's KCV (and the scrypt salt of a demo HMK), generates
+        the audit MAC key (AES-256, usage M6, non-exportable) and writes the
+        first audit events.  Refuses an existing ``path``.
+        """
+        _check_actor(actor)
+        if settings is not None and settings.is_production:
+            raise KeyStoreError(
+                "settings.environment",
+                "the soft key store refuses to open when environment is 'production'",
+            )
+        path = Path(path)
+        if path.exists():
+            raise KeyStoreError("path", f"{path} already exists; refusing to overwrite")
+        if len(hmk) != 32:
+            raise KeyStoreError("hmk", f"must be 32 bytes (AES-256), got {len(hmk)}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = cls._connect(path, read_only=False)
+        try:
+            conn.executescript(_SCHEMA)
+            meta = {
+                "schema_version": SCHEMA_VERSION,
+                "hmk_kcv": hmk_kcv(hmk).hex().upper(),
+                "hmk_custodians": json.dumps(list(hmk_custodians)),
+                "created_at": _iso(clock()),
+            }
+            if scrypt_salt is not None:
+                meta["scrypt_salt"] = scrypt_salt.hex()
+            conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
+        finally:
+            conn.close()
+        store = cls(path, hmk, audit_path=audit_path, clock=clock, audit_key_label=audit_key_label)
+        if store.audit_path.exists() and store.audit_path.stat().st_size:
+            store.close()
+            raise KeyStoreError("audit_path", f"{store.audit_path} already has events")
+        audit_record = store._generate_record(
+            audit_key_label,
+            KeyAlgorithm.AES256,
+            KeyUsage.M6,
+            KeyRole.AUDIT_MAC,
+            "bureau:store",
+            bits=None,
+            exponent=None,
+            exportability=Exportability.N,
+            mode_of_use="C",
+            activate=True,
+        )
+        with store._tx():
+            store._insert(*audit_record, source="generated", custodians=())
+        store._trail.append(
+            actor,
+            "store.create",
+            str(path.name),
+            "ok",
+            hmk_kcv=meta["hmk_kcv"],
+            hmk_custodians=list(hmk_custodians),
+            hmk_source="passphrase (demo)" if scrypt_salt is not None else "components",
+        )
+        store._trail.append(actor, "key.generate", _subject(audit_record[0]), "ok")
+        return store
+
+    @classmethod
+    def open_with_passphrase(
+        cls,
+        path: Path,
+        passphrase_file: Path,
+        *,
+        create: bool = False,
+        actor: str = "demo",
+        audit_path: Path | None = None,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        read_only: bool = False,
+    ) -> SoftKeyStore:
+        """DEMO ONLY: open (or create) a store whose HMK comes from a passphrase file via scrypt."""
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise KeyStoreError("path", f"no key store at {path}")
+            salt = secrets.token_bytes(16)
+            hmk = hmk_from_passphrase_file(passphrase_file, salt)
+            return cls.create(
+                path,
+                hmk,
+                actor=actor,
+                audit_path=audit_path,
+                settings=settings,
+                clock=clock,
+                scrypt_salt=salt,
+            )
+        conn = cls._connect(path, read_only=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name='scrypt_salt'").fetchone()
+        except sqlite3.Error:
+            row = None
+        finally:
+            conn.close()
+        if row is None:
+            raise KeyStoreError(
+                "hmk", f"{path} has no passphrase salt: its HMK enters as components"
+            )
+        hmk = hmk_from_passphrase_file(passphrase_file, bytes.fromhex(row[0]))
+        return cls(
+            path, hmk, audit_path=audit_path, settings=settings, clock=clock, read_only=read_only
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create: bool = False) -> SoftKeyStore:
+        """Open the store ``settings.key_store`` describes (passphrase HMK only)."""
+        ks = settings.key_store
+        if settings.is_production:
+            raise KeyStoreError(
+                "settings.environment",
+                "the soft key store refuses to open when environment is 'production'",
+            )
+        if ks.passphrase_file is None or ks.hmk_source.value != "passphrase_file":
+            raise KeyStoreError(
+                "key_store.hmk.source",
+                "components: enter the HMK components and open SoftKeyStore(path, hmk)",
+            )
+        return cls.open_with_passphrase(
+            ks.path, ks.passphrase_file, create=create, audit_path=ks.audit_path, settings=settings
+        )
+
+    def worker_handle(self) -> SoftStoreHandle:
+        """A picklable handle to reopen this store read-only in a worker process."""
+        return SoftStoreHandle(self.path, self.audit_path, self._hmk, self._cache_ttl)
+
+    def close(self) -> None:
+        """Close the database and drop every cached key."""
+        self._cache.clear()
+        self._conn.close()
+
+    def __enter__(self) -> SoftKeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SoftKeyStore({self.path}, read_only={self.read_only})"
+
+    @property
+    def audit_trail(self) -> AuditTrail:
+        """The key-management audit trail of this store (``verify()`` it)."""
+        return self._trail
+
+    def capabilities(self) -> frozenset[str]:
+        """Everything in :data:`~pipeline.keys.store.CAPABILITIES` (software does it all)."""
+        return CAPABILITIES
+
+    def refresh(self) -> None:
+        """Drop cached records and keys (the next use re-reads and re-unwraps)."""
+        self._cache.clear()
+
+    # --- database helpers ---------------------------------------------------------------
+
+    def _meta(self, name: str) -> str | None:
+        try:
+            row = self._conn.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return None if row is None else str(row[0])
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        if self.read_only:
+            raise KeyStoreError("store", "opened read-only (worker handle): key management refused")
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    _COLUMNS = (
+        "label, version, algorithm, bits, usage, role, mode, exportability, owner, state, "
+        "kcv, kcv_method, custodians, created_at, activated_at, updated_at, destroy_after, "
+        "destroyed_at, public_key, public_exponent, certificate"
+    )
+
+    @staticmethod
+    def _record_from_row(row: Sequence[Any]) -> KeyRecord:
+        cert = None
+        if row[20]:
+            raw = json.loads(row[20])
+            cert = IssuerCertificateRecord(
+                certificate=bytes.fromhex(raw["certificate"]),
+                remainder=bytes.fromhex(raw["remainder"]),
+                exponent=bytes.fromhex(raw["exponent"]),
+                ca_rid=raw["ca_rid"],
+                ca_index=raw["ca_index"],
+                expiry=raw["expiry"],
+                serial=raw["serial"],
+                format=raw["format"],
+            )
+        return KeyRecord(
+            ref=KeyRef(row[0], int(row[1])),
+            algorithm=KeyAlgorithm(row[2]),
+            bits=int(row[3]),
+            usage=KeyUsage(row[4]),
+            role=KeyRole(row[5]),
+            mode_of_use=row[6],
+            exportability=Exportability(row[7]),
+            owner=row[8],
+            state=KeyState(row[9]),
+            kcv=bytes.fromhex(row[10]),
+            kcv_method=row[11],
+            custodians=tuple(json.loads(row[12])),
+            created_at=row[13],
+            activated_at=row[14],
+            updated_at=row[15],
+            destroy_after=row[16],
+            destroyed_at=row[17],
+            public_key=bytes(row[18]) if row[18] is not None else None,
+            public_exponent=bytes(row[19]) if row[19] is not None else None,
+            certificate=cert,
+        )
+
+    def _fetch(self, ref: KeyRef) -> KeyRecord:
+        row = self._conn.execute(
+            f"SELECT {self._COLUMNS} FROM keys WHERE label=? AND version=?",  # noqa: S608
+            (ref.label, ref.version),
+        ).fetchone()
+        if row is None:
+            raise KeyNotFoundError(str(ref), "no such key")
+        return self._record_from_row(row)
+
+    def _fetch_block(self, ref: KeyRef) -> str | None:
+        row = self._conn.execute(
+            "SELECT key_block FROM keys WHERE label=? AND version=?", (ref.label, ref.version)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def _extra(self, ref: KeyRef) -> tuple[str | None, str]:
+        row = self._conn.execute(
+            "SELECT prev_state, source FROM keys WHERE label=? AND version=?",
+            (ref.label, ref.version),
+        ).fetchone()
+        if row is None:
+            raise KeyNotFoundError(str(ref), "no such key")
+        return row[0], row[1]
+
+    def _next_version(self, label: str) -> int:
+        row = self._conn.execute("SELECT MAX(version) FROM keys WHERE label=?", (label,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    # --- key blocks at rest -------------------------------------------------------------
+
+    def _wrap_at_rest(self, record: KeyRecord, key: bytes) -> str:
+        header = tr31.Header(
+            "D",
+            record.usage.value,
+            record.algorithm.tr31_algorithm,
+            record.mode_of_use,
+            "00",
+            record.exportability.value,
+            blocks=((_BINDING_BLOCK, str(record.ref)),),
+        )
+        return tr31.wrap(self._hmk, header, key)
+
+    def _unwrap_at_rest(self, record: KeyRecord) -> bytes:
+        block = self._fetch_block(record.ref)
+        if block is None:
+            raise KeyStateError(str(record.ref), f"state {record.state.value}: no key block")
+        try:
+            header, key = tr31.unwrap(self._hmk, block)
+        except KeyBlockError:
+            raise KeyStoreError(
+                str(record.ref), "key block does not verify under the HMK (tampered?)"
+            ) from None
+        bound = (
+            header.key_usage,
+            header.algorithm,
+            header.mode_of_use,
+            header.exportability,
+            header.block(_BINDING_BLOCK),
+        )
+        expected = (
+            record.usage.value,
+            record.algorithm.tr31_algorithm,
+            record.mode_of_use,
+            record.exportability.value,
+            str(record.ref),
+        )
+        if bound != expected:
+            raise KeyStoreError(
+                str(record.ref),
+                "key block header (usage, algorithm, mode, exportability, binding) does not "
+                "match the database record: refused",
+            )
+        return key
+
+    # --- loading keys for use -------------------------------------------------------------
+
+    def _load(self, ref: KeyRef, operation: Operation) -> _Loaded:
+        """The cached key for ``ref`` after checking usage/mode/state for ``operation``."""
+        if not isinstance(ref, KeyRef):
+            raise InvalidInputError("key", f"expected a KeyRef, got {type(ref).__name__}")
+        now = time.monotonic()
+        entry = self._cache.get(ref)
+        if entry is None or now - entry.checked_at > self._cache_ttl:
+            record = self._fetch(ref)
+            if entry is None or entry.record.state != record.state:
+                entry = _Loaded(record, now)
+                self._cache[ref] = entry
+            else:
+                entry.record, entry.checked_at = record, now
+        check(entry.record, operation)
+        if entry.key is None:
+            entry.key = self._unwrap_at_rest(entry.record)
+        return entry
+
+    def _cipher(self, entry: _Loaded) -> BlockCipher:
+        cipher = entry.objects.get("cipher")
+        if cipher is None:
+            assert entry.key is not None
+            cipher = BlockCipher(_symmetric(entry.record.algorithm), entry.key)
+            entry.objects["cipher"] = cipher
+        return cipher
+
+    def _derived(self, entry: _Loaded, kind: str, purpose: bytes) -> bytes:
+        cache_key = ("derived", kind, purpose)
+        derived = entry.objects.get(cache_key)
+        if derived is None:
+            assert entry.key is not None
+            derived = hkdf_sha256(entry.key, b"cardprep/" + kind.encode() + b"/" + purpose, 32)
+            entry.objects[cache_key] = derived
+        return derived
+
+    def _wrap_output(self, tk: _Loaded, data: bytes) -> bytes:
+        cipher = self._cipher(tk)
+        bs = _symmetric(tk.record.algorithm).block_size
+        if len(data) % bs:
+            data = pad_iso9797_m2(data, bs)
+        return cipher.encrypt_ecb(data)
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def _audit(self, actor: str, action: str, subject: str, result: str, **details: Any) -> None:
+        self._trail.append(actor, action, subject, result, **details)
+
+    @contextmanager
+    def _audited(self, actor: str, action: str, subject: str) -> Iterator[None]:
+        """Record a refusal (KeyStoreError / CryptoError) in the trail, then re-raise."""
+        try:
+            yield
+        except AuditError:
+            raise
+        except CardprepError as exc:
+            self._audit(actor, action, subject, f"refused: {type(exc).__name__}: {exc}")
+            raise
+
+    # --- creating records ---------------------------------------------------------------------
+
+    def _generate_record(
+        self,
+        label: str,
+        algorithm: KeyAlgorithm,
+        usage: KeyUsage,
+        role: KeyRole,
+        owner: str,
+        *,
+        bits: int | None,
+        exponent: int | None,
+        exportability: Exportability,
+        mode_of_use: str,
+        activate: bool,
+    ) -> tuple[KeyRecord, bytes]:
+        """A new record and its clear key material (not yet stored)."""
+        public_key: bytes | None = None
+        public_exponent: bytes | None = None
+        if algorithm.is_symmetric:
+            length = algorithm.key_length
+            assert length is not None
+            key = secrets.token_bytes(length)
+            if algorithm in (KeyAlgorithm.TDES2, KeyAlgorithm.TDES3):
+                key = fix_parity(key)
+            bits = length * 8
+        elif algorithm is KeyAlgorithm.RSA:
+            if bits is None:
+                raise InvalidInputError("bits", "RSA keys need the modulus size")
+            private = rsa.generate_rsa_key(bits, exponent or _DEFAULT_RSA_EXPONENT)
+            key = rsa.private_key_to_der(private)
+            public_key, public_exponent = private.modulus, private.exponent_bytes
+        else:
+            key, public_key = sm2.generate_keypair()
+            bits = 256
+        return self._new_record(
+            label, algorithm, usage, role, owner, key,
+            bits=bits, exportability=exportability, mode_of_use=mode_of_use,
+            state=KeyState.ACTIVE if activate else KeyState.PRE_ACTIVE,
+            public_key=public_key, public_exponent=public_exponent,
+        ), key  # fmt: skip
+
+    def _new_record(  # noqa: PLR0917 (internal; mirrors generate)
+        self,
+        label: str,
+        algorithm: KeyAlgorithm,
+        usage: KeyUsage,
+        role: KeyRole,
+        owner: str,
+        key: bytes,
+        *,
+        bits: int,
+        exportability: Exportability,
+        mode_of_use: str,
+        state: KeyState,
+        public_key: bytes | None = None,
+        public_exponent: bytes | None = None,
+        custodians: Sequence[str] = (),
+    ) -> KeyRecord:
+        check_label(label)
+        if not _OWNER_RE.match(owner or ""):
+            raise InvalidInputError(
+                "owner", f"expected 'kind:id' (e.g. issuer:demo), got {owner!r}"
+            )
+        if usage is KeyUsage.HM:
+            raise KeyUsageError(label, "usage HM (host master key) is never stored as a key")
+        if mode_of_use not in MODE_DIRECTIONS:
+            raise InvalidInputError("mode_of_use", f"unknown TR-31 mode of use {mode_of_use!r}")
+        if algorithm.is_symmetric:
+            method = kcv_method_for(_symmetric(algorithm)).value
+            kcv = compute_kcv(key, method, 3)
+        else:
+            assert public_key is not None
+            method, kcv = ASYMMETRIC_KCV_METHOD, _asymmetric_kcv(public_key, public_exponent)
+        now = _iso(self._clock())
+        existing = self._conn.execute(
+            "SELECT usage, role, algorithm FROM keys WHERE label=? ORDER BY version DESC LIMIT 1",
+            (label,),
+        ).fetchone()
+        if existing is not None and tuple(existing) != (usage.value, role.value, algorithm.value):
+            raise KeyStoreError(
+                label,
+                f"exists with usage {existing[0]}, role {existing[1]}, algorithm {existing[2]}; "
+                "a new version must keep them",
+            )
+        return KeyRecord(
+            ref=KeyRef(label, self._next_version(label)),
+            algorithm=algorithm,
+            bits=bits,
+            usage=usage,
+            role=role,
+            mode_of_use=mode_of_use,
+            exportability=exportability,
+            owner=owner,
+            state=state,
+            kcv=kcv,
+            kcv_method=method,
+            custodians=tuple(custodians),
+            created_at=now,
+            activated_at=now if state is KeyState.ACTIVE else None,
+            updated_at=now,
+            public_key=public_key,
+            public_exponent=public_exponent,
+        )
+
+    def _insert(
+        self, record: KeyRecord, key: bytes, *, source: str, custodians: Sequence[str]
+    ) -> None:
+        """Store ``record`` (inside a transaction); an ACTIVE one deactivates the previous."""
+        if record.state is KeyState.ACTIVE:
+            self._deactivate_others(record.ref)
+        block = self._wrap_at_rest(record, key)
+        self._conn.execute(
+            "INSERT INTO keys (label, version, algorithm, bits, usage, role, mode, exportability,"
+            " owner, state, kcv, kcv_method, custodians, source, created_at, activated_at,"
+            " updated_at, key_block, public_key, public_exponent)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                record.ref.label, record.ref.version, record.algorithm.value, record.bits,
+                record.usage.value, record.role.value, record.mode_of_use,
+                record.exportability.value, record.owner, record.state.value,
+                record.kcv.hex().upper(), record.kcv_method, json.dumps(list(custodians)),
+                source, record.created_at, record.activated_at, record.updated_at, block,
+                record.public_key, record.public_exponent,
+            ),
+        )  # fmt: skip
+
+    def _deactivate_others(self, ref: KeyRef) -> list[KeyRef]:
+        rows = self._conn.execute(
+            "SELECT version FROM keys WHERE label=? AND state=? AND version<>?",
+            (ref.label, KeyState.ACTIVE.value, ref.version),
+        ).fetchall()
+        now = _iso(self._clock())
+        old = [KeyRef(ref.label, int(r[0])) for r in rows]
+        for other in old:
+            self._conn.execute(
+                "UPDATE keys SET state=?, updated_at=? WHERE label=? AND version=?",
+                (KeyState.DEACTIVATED.value, now, other.label, other.version),
+            )
+            self._cache.pop(other, None)
+        return old
+
+    # --- key management ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        label: str,
+        algorithm: KeyAlgorithm,
+        usage: KeyUsage,
+        role: KeyRole,
+        owner: str,
+        *,
+        actor: str,
+        bits: int | None = None,
+        exportability: Exportability = Exportability.E,
+        mode_of_use: str = "N",
+        activate: bool = True,
+        exponent: int | None = None,
+    ) -> KeyRecord:
+        """See :meth:`pipeline.keys.store.KeyStore.generate` (RSA ``exponent`` default 3)."""
+        _check_actor(actor)
+        with self._audited(actor, "key.generate", f"{label} ({algorithm.value}, {usage.value})"):
+            record, key = self._generate_record(
+                label, algorithm, usage, role, owner, bits=bits, exponent=exponent,
+                exportability=exportability, mode_of_use=mode_of_use, activate=activate,
+            )  # fmt: skip
+            with self._tx():
+                self._insert(record, key, source="generated", custodians=())
+                self._audit(
+                    actor, "key.generate", _subject(record), "ok",
+                    algorithm=algorithm.value, bits=record.bits, usage=usage.value,
+                    role=role.value, owner=owner, state=record.state.value,
+                )  # fmt: skip
+        return record
+
+    def import_components(  # noqa: PLR0917 (contract signature)
+        self,
+        label: str,
+        algorithm: KeyAlgorithm,
+        usage: KeyUsage,
+        role: KeyRole,
+        owner: str,
+        components: Sequence[bytes],
+        expected_kcv: bytes,
+        *,
+        custodians: Sequence[str],
+        actor: str,
+        exportability: Exportability = Exportability.E,
+        mode_of_use: str = "N",
+    ) -> KeyRecord:
+        """See :meth:`pipeline.keys.store.KeyStore.import_components`."""
+        _check_actor(actor)
+        subject = f"{label} ({algorithm.value}, {usage.value})"
+        with self._audited(actor, "key.import_components", subject):
+            sym = _symmetric(algorithm)
+            if len(set(custodians)) != len(components) or len(custodians) != len(components):
+                raise CeremonyError(
+                    "custodians",
+                    f"{len(components)} components need as many distinct custodians, "
+                    f"got {len(custodians)} ({len(set(custodians))} distinct)",
+                )
+            if any(len(c) != algorithm.key_length for c in components):
+                raise CeremonyError(
+                    "components",
+                    f"{algorithm.value} components must be {algorithm.key_length} bytes each",
+                )
+            key = xor_combine(components)
+            if sym is Algorithm.TDES:
+                key = fix_parity(key)
+            method = kcv_method_for(sym).value
+            self._check_expected_kcv(key, method, expected_kcv, ceremony=True)
+            record = self._new_record(
+                label, algorithm, usage, role, owner, key, bits=len(key) * 8,
+                exportability=exportability, mode_of_use=mode_of_use, state=KeyState.ACTIVE,
+                custodians=custodians,
+            )  # fmt: skip
+            with self._tx():
+                self._insert(record, key, source="components", custodians=custodians)
+                self._audit(
+                    actor, "key.import_components", _subject(record), "ok",
+                    custodians=list(custodians), components=len(components),
+                    usage=usage.value, role=role.value, owner=owner,
+                )  # fmt: skip
+        return record
+
+    @staticmethod
+    def _check_expected_kcv(key: bytes, method: str, expected: bytes, *, ceremony: bool) -> None:
+        if not 2 <= len(expected) <= 8:
+            raise InvalidInputError("expected_kcv", f"must be 2..8 bytes, got {len(expected)}")
+        actual = compute_kcv(key, method, len(expected))
+        if not hmac.compare_digest(actual, expected):
+            error = CeremonyError if ceremony else KeyStoreError
+            raise error(
+                "expected_kcv",
+                f"KCV mismatch: key has {actual.hex().upper()}, expected "
+                f"{expected.hex().upper()}; nothing stored",
+            )
+
+    def import_key_block(
+        self,
+        label: str,
+        key_block: str,
+        kbpk: KeyRef,
+        role: KeyRole,
+        owner: str,
+        *,
+        expected_kcv: bytes | None,
+        actor: str,
+    ) -> KeyRecord:
+        """See :meth:`pipeline.keys.store.KeyStore.import_key_block`."""
+        _check_actor(actor)
+        with self._audited(actor, "key.import_key_block", f"{label} under {kbpk}"):
+            kb = self._load(kbpk, Operation.UNWRAP_KEY_BLOCK)
+            assert kb.key is not None
+            header, key = tr31.unwrap(kb.key, key_block)
+            try:
+                usage = KeyUsage(header.key_usage)
+            except ValueError:
+                raise KeyUsageError(
+                    "key_block", f"usage {header.key_usage} is not supported by this store"
+                ) from None
+            public_key: bytes | None = None
+            public_exponent: bytes | None = None
+            if header.algorithm == "R":
+                private = rsa.private_key_from_der(key)
+                algorithm, bits = KeyAlgorithm.RSA, private.size_bytes * 8
+                public_key, public_exponent = private.modulus, private.exponent_bytes
+            elif header.algorithm == "E":
+                algorithm, bits = KeyAlgorithm.SM2, 256
+                public_key = sm2.public_key(key)
+            else:
+                found = _TR31_IMPORT.get((header.algorithm, len(key)))
+                if found is None:
+                    raise KeyUsageError(
+                        "key_block",
+                        f"algorithm {header.algorithm} with a {len(key)}-byte key is not supported",
+                    )
+                algorithm, bits = found, len(key) * 8
+            check_strength(
+                kb.record, label, algorithm.strength_bits(bits), Operation.UNWRAP_KEY_BLOCK
+            )
+            record = self._new_record(
+                label, algorithm, usage, role, owner, key, bits=bits,
+                exportability=Exportability(header.exportability), mode_of_use=header.mode_of_use,
+                state=KeyState.ACTIVE, public_key=public_key, public_exponent=public_exponent,
+            )  # fmt: skip
+            if expected_kcv is not None:
+                if not algorithm.is_symmetric:
+                    if not hmac.compare_digest(record.kcv[: len(expected_kcv)], expected_kcv):
+                        raise KeyStoreError("expected_kcv", "KCV mismatch; nothing stored")
+                else:
+                    self._check_expected_kcv(key, record.kcv_method, expected_kcv, ceremony=False)
+            with self._tx():
+                self._insert(record, key, source="key-block", custodians=())
+                self._audit(
+                    actor, "key.import_key_block", _subject(record), "ok",
+                    kbpk=str(kbpk), kbpk_kcv=kb.record.kcv.hex().upper(), usage=usage.value,
+                    algorithm=algorithm.value, role=role.value, owner=owner,
+                )  # fmt: skip
+        return record
+
+    def export_key_block(self, key: KeyRef, kbpk: KeyRef, *, actor: str) -> str:
+        """See :meth:`pipeline.keys.store.KeyStore.export_key_block`."""
+        _check_actor(actor)
+        with self._audited(actor, "key.export_key_block", f"{key} under {kbpk}"):
+            if key.label == kbpk.label:
+                raise KeyUsageError(str(key), "a key cannot be exported under itself")
+            entry = self._load(key, Operation.EXPORT)
+            check_exportable(entry.record)
+            kb = self._load(kbpk, Operation.WRAP_KEY_BLOCK)
+            check_strength(
+                kb.record, str(key), entry.record.strength_bits, Operation.WRAP_KEY_BLOCK
+            )
+            version = _EXPORT_VERSION.get(kb.record.algorithm)
+            if version is None:
+                raise CapabilityError(
+                    str(kbpk), f"no TR-31 version for a {kb.record.algorithm.value} KBPK"
+                )
+            rec = entry.record
+            header = tr31.Header(
+                version, rec.usage.value, rec.algorithm.tr31_algorithm, rec.mode_of_use,
+                "00", rec.exportability.value,
+            )  # fmt: skip
+            assert entry.key is not None and kb.key is not None
+            block = tr31.wrap(kb.key, header, entry.key)
+            with self._tx():
+                self._audit(
+                    actor, "key.export_key_block", _subject(rec), "ok",
+                    kbpk=str(kbpk), kbpk_kcv=kb.record.kcv.hex().upper(), version=version,
+                )  # fmt: skip
+        return block
+
+    def set_issuer_certificate(
+        self, key: KeyRef, certificate: IssuerCertificateRecord, *, actor: str
+    ) -> KeyRecord:
+        """See :meth:`pipeline.keys.store.KeyStore.set_issuer_certificate`."""
+        _check_actor(actor)
+        with self._audited(actor, "key.set_certificate", str(key)):
+            record = self._fetch(key)
+            if record.usage is not KeyUsage.S0:
+                raise KeyUsageError(
+                    str(key), f"usage {record.usage.value} does not permit set-certificate"
+                )
+            value = json.dumps(
+                {
+                    "certificate": certificate.certificate.hex(),
+                    "remainder": certificate.remainder.hex(),
+                    "exponent": certificate.exponent.hex(),
+                    "ca_rid": certificate.ca_rid,
+                    "ca_index": certificate.ca_index,
+                    "expiry": certificate.expiry,
+                    "serial": certificate.serial,
+                    "format": certificate.format,
+                }
+            )
+            with self._tx():
+                self._conn.execute(
+                    "UPDATE keys SET certificate=?, updated_at=? WHERE label=? AND version=?",
+                    (value, _iso(self._clock()), key.label, key.version),
+                )
+                self._audit(
+                    actor, "key.set_certificate", _subject(record), "ok",
+                    ca_rid=certificate.ca_rid, ca_index=certificate.ca_index,
+                    expiry=certificate.expiry, serial=certificate.serial,
+                    format=certificate.format,
+                )  # fmt: skip
+            self._cache.pop(key, None)
+        return self._fetch(key)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def _transition(self, ref: KeyRef, action: str, *, actor: str, **details: Any) -> KeyRecord:
+        _check_actor(actor)
+        with self._audited(actor, f"key.{action}", str(ref)):
+            record = self._fetch(ref)
+            allowed, target = _TRANSITIONS[action]
+            if record.state not in allowed:
+                raise KeyStateError(
+                    str(ref),
+                    f"state {record.state.value} (usage {record.usage.value}) "
+                    f"does not permit {action}",
+                )
+            if record.role is KeyRole.AUDIT_MAC and action != "activate":
+                raise KeyStateError(
+                    str(ref),
+                    f"usage {record.usage.value} audit MAC keys verify the trail for its whole "
+                    f"retention: {action} refused (rotate instead)",
+                )
+            prev_state, _ = self._extra(ref)
+            now = self._clock()
+            updates: dict[str, Any] = {"updated_at": _iso(now)}
+            if action == "destroy":
+                assert record.destroy_after is not None
+                if now < _parse_iso(record.destroy_after):
+                    raise KeyStateError(
+                        str(ref),
+                        f"state {record.state.value}: destroy refused before "
+                        f"{record.destroy_after} (waiting period)",
+                    )
+            if target is None:
+                target = KeyState(prev_state) if prev_state else KeyState.RETIRED
+                if target is KeyState.ACTIVE and self._has_other_active(ref):
+                    target = KeyState.DEACTIVATED
+                updates["prev_state"] = None
+                updates["destroy_after"] = None
+            elif target in (KeyState.SUSPENDED, KeyState.DESTROY_PENDING):
+                updates["prev_state"] = record.state.value
+            if action == "schedule_destruction":
+                wait_days = int(details["wait_days"])
+                updates["destroy_after"] = _iso(now + timedelta(days=wait_days))
+            if target is KeyState.ACTIVE:
+                updates["activated_at"] = _iso(now)
+            updates["state"] = target.value
+            with self._tx():
+                if target is KeyState.ACTIVE:
+                    self._deactivate_others(ref)
+                if action == "destroy":
+                    self._erase(record, actor, updates["updated_at"])
+                    updates["destroyed_at"] = updates["updated_at"]
+                sets = ", ".join(f"{column}=?" for column in updates)
+                self._conn.execute(
+                    f"UPDATE keys SET {sets} WHERE label=? AND version=?",  # noqa: S608
+                    (*updates.values(), ref.label, ref.version),
+                )
+                self._cache.pop(ref, None)
+                self._audit(
+                    actor, f"key.{action}", _subject(record), "ok",
+                    **{"from": record.state.value, "to": target.value, **details,
+                       **({"destroy_after": updates["destroy_after"]}
+                          if updates.get("destroy_after") else {})},
+                )  # fmt: skip
+        if action == "destroy":
+            # secure_delete already zeroed the page; the WAL copy goes at the checkpoint
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self._fetch(ref)
+
+    def _has_other_active(self, ref: KeyRef) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM keys WHERE label=? AND state=? AND version<>?",
+            (ref.label, KeyState.ACTIVE.value, ref.version),
+        ).fetchone()
+        return row is not None
+
+    def _erase(self, record: KeyRecord, actor: str, when: str) -> None:
+        block = self._fetch_block(record.ref) or ""
+        digest = hashlib.sha256(block.encode()).hexdigest()
+        self._conn.execute(
+            "INSERT INTO destruction_evidence (label, version, kcv, kcv_method, destroyed_by,"
+            " destroyed_at, key_block_sha256, method) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                record.ref.label, record.ref.version, record.kcv.hex().upper(),
+                record.kcv_method, actor, when, digest,
+                "key block set to NULL (SQLite secure_delete zeroes the page; WAL truncated)",
+            ),
+        )  # fmt: skip
+        self._conn.execute(
+            "UPDATE keys SET key_block=NULL WHERE label=? AND version=?",
+            (record.ref.label, record.ref.version),
+        )
+
+    def activate(self, ref: KeyRef, *, actor: str) -> KeyRecord:
+        """PRE_ACTIVE -> ACTIVE (another active version becomes DEACTIVATED)."""
+        return self._transition(ref, "activate", actor=actor)
+
+    def suspend(self, ref: KeyRef, *, actor: str, reason: str = "") -> KeyRecord:
+        """ACTIVE or DEACTIVATED -> SUSPENDED."""
+        return self._transition(ref, "suspend", actor=actor, reason=reason)
+
+    def resume(self, ref: KeyRef, *, actor: str) -> KeyRecord:
+        """SUSPENDED -> the state before (DEACTIVATED if another version became active)."""
+        return self._transition(ref, "resume", actor=actor)
+
+    def retire(self, ref: KeyRef, *, actor: str) -> KeyRecord:
+        """PRE_ACTIVE / ACTIVE / DEACTIVATED / SUSPENDED -> RETIRED."""
+        return self._transition(ref, "retire", actor=actor)
+
+    def schedule_destruction(self, ref: KeyRef, *, actor: str, wait_days: int = 7) -> KeyRecord:
+        """Non-active state -> DESTROY_PENDING for ``wait_days`` (>= 1) days.
+
+        An ACTIVE key is refused: rotate or retire it first.
+        """
+        if not isinstance(wait_days, int) or wait_days < 1:
+            raise InvalidInputError("wait_days", f"must be an integer >= 1, got {wait_days!r}")
+        return self._transition(ref, "schedule_destruction", actor=actor, wait_days=wait_days)
+
+    def restore(self, ref: KeyRef, *, actor: str) -> KeyRecord:
+        """DESTROY_PENDING -> the state before the scheduling."""
+        return self._transition(ref, "restore", actor=actor)
+
+    def destroy(self, ref: KeyRef, *, actor: str) -> KeyRecord:
+        """DESTROY_PENDING after the waiting period -> DESTROYED (key block erased)."""
+        return self._transition(ref, "destroy", actor=actor)
+
+    def rotate(self, label: str, *, actor: str) -> KeyRecord:
+        """Generate the next version; the active one becomes DEACTIVATED."""
+        _check_actor(actor)
+        with self._audited(actor, "key.rotate", label):
+            current = self._fetch(self.active(label))
+            _, source = self._extra(current.ref)
+            if source != "generated":
+                raise KeyStoreError(
+                    str(current.ref),
+                    f"was entered from {source}: enter the new version the same way",
+                )
+            exponent = (
+                int.from_bytes(current.public_exponent, "big") if current.public_exponent else None
+            )
+            record, key = self._generate_record(
+                label, current.algorithm, current.usage, current.role, current.owner,
+                bits=current.bits, exponent=exponent, exportability=current.exportability,
+                mode_of_use=current.mode_of_use, activate=True,
+            )  # fmt: skip
+            with self._tx():
+                self._insert(record, key, source="generated", custodians=())
+                self._audit(
+                    actor, "key.rotate", _subject(record), "ok",
+                    previous=str(current.ref), previous_state=KeyState.DEACTIVATED.value,
+                )  # fmt: skip
+        return record
+
+    def destruction_evidence(self, ref: KeyRef) -> dict[str, Any]:
+        """The evidence row kept for a destroyed key (KeyNotFoundError if none)."""
+        cursor = self._conn.execute(
+            "SELECT * FROM destruction_evidence WHERE label=? AND version=?",
+            (ref.label, ref.version),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            raise KeyNotFoundError(str(ref), "no destruction evidence")
+        return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+    # --- hot path ------------------------------------------------------------------------------
+
+    def derive_and_wrap(
+        self,
+        imk: KeyRef,
+        pan: str,
+        psn: str | None,
+        method: DerivationMethod,
+        tk: KeyRef,
+    ) -> WrappedKey:
+        """See :meth:`pipeline.keys.store.KeyStore.derive_and_wrap`."""
+        imk_e = self._load(imk, Operation.DERIVE_CARD_KEY)
+        tk_e = self._load(tk, Operation.WRAP_OUTPUT)
+        option = _DERIVATION_OPTION.get(method)
+        if option is None:
+            raise InvalidInputError("method", f"{method.value} is not an ICC MK derivation")
+        deriver = imk_e.objects.get(("deriver", option))
+        if deriver is None:
+            check_strength(tk_e.record, str(imk), imk_e.record.strength_bits, Operation.WRAP_OUTPUT)
+            assert imk_e.key is not None
+            deriver = IccMkDeriver(imk_e.key, option)
+            imk_e.objects[("deriver", option)] = deriver
+        elif tk_e.record.strength_bits < imk_e.record.strength_bits:
+            check_strength(tk_e.record, str(imk), imk_e.record.strength_bits, Operation.WRAP_OUTPUT)
+        mk = deriver.derive(pan, psn)
+        method_name = imk_e.record.kcv_method
+        return WrappedKey(
+            self._wrap_output(tk_e, mk), compute_kcv(mk, method_name), method_name, tk
+        )
+
+    def diversify_and_wrap(
+        self, kmc: KeyRef, kdd: bytes, method: DerivationMethod, tk: KeyRef
+    ) -> tuple[WrappedKey, WrappedKey, WrappedKey]:
+        """See :meth:`pipeline.keys.store.KeyStore.diversify_and_wrap`."""
+        kmc_e = self._load(kmc, Operation.DIVERSIFY)
+        tk_e = self._load(tk, Operation.WRAP_OUTPUT)
+        if not method.is_gp:
+            raise InvalidInputError("method", f"{method.value} is not a GP diversification")
+        check_strength(tk_e.record, str(kmc), kmc_e.record.strength_bits, Operation.WRAP_OUTPUT)
+        assert kmc_e.key is not None
+        keys = gp.diversify_card_keys(kmc_e.key, kdd, method.value)
+        name = kmc_e.record.kcv_method
+        enc, mac, dek = (
+            WrappedKey(self._wrap_output(tk_e, k), compute_kcv(k, name), name, tk) for k in keys
+        )
+        return enc, mac, dek
+
+    def translate(self, ciphertext: bytes, from_key: KeyRef, to_key: KeyRef) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.translate`."""
+        src = self._load(from_key, Operation.TRANSLATE_FROM)
+        dst = self._load(to_key, Operation.TRANSLATE_TO)
+        check_strength(dst.record, str(from_key), src.record.strength_bits, Operation.TRANSLATE_TO)
+        src_bs = _symmetric(src.record.algorithm).block_size
+        dst_bs = _symmetric(dst.record.algorithm).block_size
+        if not ciphertext or len(ciphertext) % src_bs or len(ciphertext) % dst_bs:
+            raise InvalidInputError(
+                "ciphertext",
+                f"{len(ciphertext)} bytes is not a whole number of {src_bs}- and "
+                f"{dst_bs}-byte blocks",
+            )
+        return self._cipher(dst).encrypt_ecb(self._cipher(src).decrypt_ecb(ciphertext))
+
+    def encrypt_under_tk(self, tk: KeyRef, plaintext: bytes) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.encrypt_under_tk`."""
+        if not plaintext:
+            raise InvalidInputError("plaintext", "must not be empty")
+        return self._wrap_output(self._load(tk, Operation.WRAP_OUTPUT), plaintext)
+
+    def generate_icc_key_pair(
+        self, algorithm: str, bits: int | None, exponent: int | None, tk: KeyRef
+    ) -> IccKeyPair:
+        """See :meth:`pipeline.keys.store.KeyStore.generate_icc_key_pair`."""
+        tk_e = self._load(tk, Operation.WRAP_OUTPUT)
+        if algorithm == "rsa":
+            if bits is None or exponent is None:
+                raise InvalidInputError("bits", "RSA ICC keys need bits and exponent")
+            check_strength(
+                tk_e.record, f"icc-rsa-{bits}", rsa_strength_bits(bits), Operation.WRAP_OUTPUT
+            )
+            private = rsa.generate_rsa_key(bits, exponent)
+            parts = tuple(self._wrap_output(tk_e, c) for c in rsa.crt_components(private))
+            return IccKeyPair("rsa", private.modulus, private.exponent_bytes, parts, tk)
+        if algorithm == "sm2":
+            check_strength(
+                tk_e.record, "icc-sm2", KeyAlgorithm.SM2.strength_bits(), Operation.WRAP_OUTPUT
+            )
+            d, public = sm2.generate_keypair()
+            return IccKeyPair("sm2", public, b"", (self._wrap_output(tk_e, d),), tk)
+        raise InvalidInputError("algorithm", f"expected 'rsa' or 'sm2', got {algorithm!r}")
+
+    def sign(self, key: KeyRef, data: bytes) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.sign`."""
+        entry = self._load(key, Operation.SIGN)
+        signer = entry.objects.get("signer")
+        if signer is None:
+            assert entry.key is not None
+            if entry.record.algorithm is KeyAlgorithm.RSA:
+                signer = rsa.RsaSigner(rsa.private_key_from_der(entry.key))
+            else:
+                signer = sm2.Sm2Signer(entry.key)
+            entry.objects["signer"] = signer
+        if isinstance(signer, rsa.RsaSigner):
+            return signer.private_op(data)
+        result: bytes = signer.sign(data)
+        return result
+
+    def kcv(self, key: KeyRef) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.kcv`."""
+        entry = self._load(key, Operation.KCV)
+        rec = entry.record
+        assert entry.key is not None
+        if rec.algorithm.is_symmetric:
+            actual = compute_kcv(entry.key, rec.kcv_method, len(rec.kcv))
+        elif rec.algorithm is KeyAlgorithm.RSA:
+            private = rsa.private_key_from_der(entry.key)
+            actual = _asymmetric_kcv(private.modulus, private.exponent_bytes)
+        else:
+            actual = _asymmetric_kcv(sm2.public_key(entry.key), None)
+        if not hmac.compare_digest(actual, rec.kcv):
+            raise KeyStoreError(str(key), "stored KCV does not match the key: refused")
+        return rec.kcv
+
+    def mac(self, key: KeyRef, data: bytes, purpose: str) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.mac` (AES-CMAC under HKDF(key, purpose))."""
+        info = _check_purpose(purpose)
+        entry = self._load(key, Operation.MAC)
+        return cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
+
+    def verify_mac(self, key: KeyRef, data: bytes, mac: bytes, purpose: str) -> bool:
+        """See :meth:`pipeline.keys.store.KeyStore.verify_mac`."""
+        info = _check_purpose(purpose)
+        entry = self._load(key, Operation.VERIFY_MAC)
+        expected = cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
+        return hmac.compare_digest(expected, mac)
+
+    def pan_token(self, key: KeyRef, pan: str) -> str:
+        """See :meth:`pipeline.keys.store.KeyStore.pan_token`."""
+        pan = validate_pan(pan)
+        entry = self._load(key, Operation.PAN_TOKEN)
+        return hmac_sha256(self._derived(entry, "pan-token", b"v1"), pan.encode()).hex()[:32]
+
+    def _aead(self, entry: _Loaded, purpose: bytes) -> AesGcm:
+        cache_key = ("aead", purpose)
+        box = entry.objects.get(cache_key)
+        if box is None:
+            box = AesGcm(self._derived(entry, "data", purpose))
+            entry.objects[cache_key] = box
+        return box
+
+    def encrypt_data(self, key: KeyRef, plaintext: bytes, purpose: str) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.encrypt_data` (AES-256-GCM envelope)."""
+        info = _check_purpose(purpose)
+        entry = self._load(key, Operation.ENCRYPT_DATA)
+        return self._aead(entry, info).seal(plaintext, info)
+
+    def decrypt_data(self, key: KeyRef, ciphertext: bytes, purpose: str) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.decrypt_data`."""
+        info = _check_purpose(purpose)
+        entry = self._load(key, Operation.DECRYPT_DATA)
+        return self._aead(entry, info).open(ciphertext, info)
+
+    # --- metadata --------------------------------------------------------------------------------
+
+    def get(self, ref_or_label: KeyRef | str, version: int | None = None) -> KeyRecord:
+        """See :meth:`pipeline.keys.store.KeyStore.get`."""
+        if isinstance(ref_or_label, KeyRef):
+            return self._fetch(ref_or_label)
+        label = check_label(ref_or_label)
+        if version is None:
+            version = self._next_version(label) - 1
+            if version == 0:
+                raise KeyNotFoundError(label, "no such key")
+        return self._fetch(KeyRef(label, version))
+
+    def active(self, label: str) -> KeyRef:
+        """See :meth:`pipeline.keys.store.KeyStore.active`."""
+        row = self._conn.execute(
+            "SELECT version FROM keys WHERE label=? AND state=? ORDER BY version DESC LIMIT 1",
+            (check_label(label), KeyState.ACTIVE.value),
+        ).fetchone()
+        if row is None:
+            if self._next_version(label) == 1:
+                raise KeyNotFoundError(label, "no such key")
+            raise KeyStateError(label, "no ACTIVE version")
+        return KeyRef(label, int(row[0]))
+
+    def list(self, owner: str | None = None) -> builtins.list[KeyRecord]:
+        """See :meth:`pipeline.keys.store.KeyStore.list`."""
+        sql = f"SELECT {self._COLUMNS} FROM keys"  # noqa: S608
+        params: tuple[str, ...] = ()
+        if owner is not None:
+            sql += " WHERE owner=?"
+            params = (owner,)
+        rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
+        return [self._record_from_row(r) for r in rows]
