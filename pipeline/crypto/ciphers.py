@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
@@ -38,6 +39,8 @@ from cryptography.hazmat.primitives.ciphers import (
 from pipeline.errors import InvalidInputError, KeyLengthError
 
 __all__ = [
+    "INVERT_TABLE",
+    "ODD_PARITY_TABLE",
     "Algorithm",
     "BlockCipher",
     "fix_parity",
@@ -120,9 +123,12 @@ def xor(a: bytes, b: bytes) -> bytes:
 
 # Odd-parity table: for every byte value, the same 7 high bits with bit 0 set so
 # that the byte has an odd number of 1 bits (FIPS 46-3 / ANSI X3.92).
-_ODD_PARITY = bytes(
+ODD_PARITY_TABLE = bytes(
     (b & 0xFE) | ((bin(b & 0xFE).count("1") + 1) & 1) for b in range(256)
 )
+#: ``bytes.translate`` table that inverts every bit (x xor FF).
+INVERT_TABLE = bytes(0xFF - b for b in range(256))
+_ODD_PARITY = ODD_PARITY_TABLE
 
 
 def fix_parity(key: bytes) -> bytes:
@@ -188,6 +194,15 @@ class BlockCipher:
                 "iv", f"must be {self.block_size} bytes, got {len(iv)}"
             )
         return bytes(iv)
+
+    def ecb_encryptor(self) -> Callable[[bytes], bytes]:
+        """The reused ECB encryptor's ``update`` for hot loops (no length check).
+
+        The caller guarantees whole blocks; a partial block would be buffered
+        by the context and corrupt every later call, so use
+        :meth:`encrypt_ecb` anywhere the length is not fixed by construction.
+        """
+        return self._enc.update
 
     def encrypt_ecb(self, data: bytes) -> bytes:
         """Encrypt whole blocks in ECB mode with the reused encryptor context."""
