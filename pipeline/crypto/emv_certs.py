@@ -9,7 +9,8 @@ EMV 4.x Book 2 (Security and Key Management):
 * section 6.3 / 6.4, Table 14: ICC Public Key Certificate (tag ``9F46``,
   format ``04``), remainder ``9F48``, exponent ``9F47``;
 * section 6.5, Table 17: Signed Dynamic Application Data (tag ``9F4B``, format ``05``);
-* Annex A2.1: RSA with message recovery; Annex B3.1: SHA-1 (indicator ``01``).
+* Annex A2.1: RSA with message recovery; Annex B3.1: SHA-1 (indicator ``01``);
+* Book 3 section 10.3: the static data to be authenticated.
 
 Every signed block is ``6A || format || data || SHA-1 || BC`` of the signer's
 modulus length; the hash covers ``format || data`` and, outside the block,
@@ -39,12 +40,14 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum
 
 from pipeline.audit.masking import mask_pan
 from pipeline.crypto.rsa import RsaSigner, rsa_public_op
+from pipeline.crypto.tlv import decode_tlv
 from pipeline.errors import CertificateError, InvalidInputError
 
 MIN_MODULUS_BYTES = 64  # below this no EMV block fits; real keys are >= 128
@@ -663,3 +666,50 @@ def verify_signed_dynamic_data(
     hash_result = data[-HASH_LENGTH:]
     _check_hash(hash_result, data[:-HASH_LENGTH] + bytes(terminal_data), "sdad")
     return SignedDynamicData(hash_alg, data[3 : 3 + ldd], hash_result)
+
+
+# --- static data to be authenticated (Book 3 10.3) ---------------------------
+
+_AIP_TAG = b"\x82"
+_RECORD_TEMPLATE = b"\x70"
+_LAST_TEMPLATE_SFI = 10
+
+
+def static_data_to_authenticate(
+    records: Iterable[tuple[int, bytes]], sda_tag_list: bytes = b"", aip: bytes = b""
+) -> bytes:
+    """The input to the SSAD / ICC certificate hash (EMV Book 3 section 10.3).
+
+    ``records`` are (SFI, record) in AFL order, for the records the AFL marks
+    for offline data authentication, each record as READ RECORD returns it
+    (tag ``70``, length, value).  For SFI 1..10 only the value of the ``70``
+    template is used; for SFI 11..30 the whole record.  Then, if the SDA Tag
+    List is present (it may only be ``82``), the value of the AIP.
+
+    Example:
+        >>> records = [(1, bytes.fromhex("70035A0112")), (11, bytes.fromhex("7001AA"))]
+        >>> static_data_to_authenticate(records, b"\\x82", b"\\x19\\x80").hex()
+        '5a01127001aa1980'
+    """
+    parts: list[bytes] = []
+    for sfi, record in records:
+        if not 1 <= sfi <= 30:
+            raise InvalidInputError("sfi", f"{sfi} is not 1..30")
+        if sfi > _LAST_TEMPLATE_SFI:
+            parts.append(bytes(record))
+            continue
+        objects = decode_tlv(record)
+        if len(objects) != 1 or objects[0].tag != _RECORD_TEMPLATE:
+            raise InvalidInputError(
+                "record", f"SFI {sfi}: an authenticated record must be one '70' template"
+            )
+        parts.append(objects[0].value)
+    if sda_tag_list:
+        if bytes(sda_tag_list) != _AIP_TAG:
+            raise InvalidInputError(
+                "sda tag list", f"{bytes(sda_tag_list).hex().upper()}: only '82' (AIP) is allowed"
+            )
+        if len(aip) != 2:
+            raise InvalidInputError("aip", f"{len(aip)} bytes, expected 2")
+        parts.append(bytes(aip))
+    return b"".join(parts)

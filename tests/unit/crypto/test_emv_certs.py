@@ -25,6 +25,7 @@ from pipeline.crypto.emv_certs import (
     build_signed_dynamic_data,
     build_signed_static_data,
     recover_icc_certificate,
+    static_data_to_authenticate,
     verify_icc_certificate,
     verify_issuer_certificate,
     verify_signed_dynamic_data,
@@ -405,3 +406,35 @@ def test_bad_dac_and_dynamic_data_refused() -> None:
         build_signed_static_data(signer(1024), 128, b"\xda", b"")
     with pytest.raises(InvalidInputError, match="icc dynamic data"):
         build_signed_dynamic_data(signer(1024), 128, bytes(104), b"")
+
+
+# --- static data to be authenticated (Book 3 10.3) ----------------------------
+
+
+def test_static_data_to_authenticate_rules() -> None:
+    """SFI 1..10: the 70 template's value; SFI 11..30: the whole record; then the AIP."""
+    r1 = bytes.fromhex("700A5A084761739001010119")
+    r2 = bytes.fromhex("70055F24031230")
+    r11 = bytes.fromhex("7003DF0101")
+    data = static_data_to_authenticate([(1, r1), (2, r2), (11, r11)], b"\x82", b"\x19\x80")
+    assert data == r1[2:] + r2[2:] + r11 + b"\x19\x80"
+    assert static_data_to_authenticate([(3, r2)]) == r2[2:]
+
+
+@pytest.mark.parametrize(
+    ("records", "tag_list", "aip", "field"),
+    [
+        ([(1, bytes.fromhex("5A0112"))], b"", b"", "record"),
+        ([(1, bytes.fromhex("7001AA7001BB"))], b"", b"", "record"),
+        ([(0, bytes.fromhex("7001AA"))], b"", b"", "sfi"),
+        ([(31, bytes.fromhex("7001AA"))], b"", b"", "sfi"),
+        ([], b"\x9f\x36", b"\x19\x80", "sda tag list"),
+        ([], b"\x82", b"\x19", "aip"),
+        ([(1, bytes.fromhex("7005AA"))], b"", b"", "tlv"),
+    ],
+)
+def test_static_data_to_authenticate_refuses(
+    records: list[tuple[int, bytes]], tag_list: bytes, aip: bytes, field: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=f"^{field}:"):
+        static_data_to_authenticate(records, tag_list, aip)
