@@ -73,7 +73,9 @@ class KnownAnswer:
 def load_demo_keys(path: Path) -> list[DemoKey]:
     """Read ``keys.yaml``; :class:`ConfigError` names the file and the bad entry."""
     try:
-        doc: Any = yaml.safe_load(path.read_text())
+        # BaseLoader keeps every scalar a string: an unquoted all-digit hex key
+        # such as 1111...2222 must not become an int (and lose leading zeros).
+        doc: Any = yaml.load(path.read_text(), Loader=yaml.BaseLoader)  # noqa: S506 - safe loader
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError:
