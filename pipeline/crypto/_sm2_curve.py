@@ -279,18 +279,29 @@ def _mul_point_jacobian(k: int, point: Affine) -> Jacobian:
     odd: list[Affine | None] = [point]
     for _ in range((1 << (_WNAF_WIDTH - 2)) - 1):
         odd.append(_affine_add(odd[-1], twice))
-    X: Any = mpz(1)
-    Y: Any = mpz(1)
-    Z: Any = mpz(0)
-    for d in reversed(_wnaf(k, _WNAF_WIDTH)):
-        if Z != 0:
-            X, Y, Z = _jacobian_double(X, Y, Z)
+    digits = _wnaf(k, _WNAF_WIDTH)
+    if not digits:
+        return mpz(1), mpz(1), mpz(0)
+    top = odd[digits[-1] >> 1]  # the leading wNAF digit is positive
+    if top is None:  # only if P had small order; not on this prime-order curve
+        return mpz(1), mpz(1), mpz(0)
+    X: Any = top[0]
+    Y: Any = top[1]
+    Z: Any = mpz(1)
+    for d in reversed(digits[:-1]):
+        # doubling inlined ("dbl-2001-b" with Z3 = 2 Y Z): 256 calls saved per scalar
+        delta = Z * Z % p
+        gamma = Y * Y % p
+        beta = X * gamma % p
+        alpha = 3 * (X - delta) * (X + delta) % p
+        Z = 2 * Y * Z % p
+        X = (alpha * alpha - 8 * beta) % p
+        Y = (alpha * (4 * beta - X) - 8 * gamma * gamma) % p
         if d:
             q = odd[abs(d) >> 1]
-            if q is None:  # only if P has small order; not on this prime-order curve
+            if q is None:
                 continue
-            qx, qy = q
-            X, Y, Z = _jacobian_add_affine(X, Y, Z, qx, qy if d > 0 else p - qy)
+            X, Y, Z = _jacobian_add_affine(X, Y, Z, q[0], q[1] if d > 0 else p - q[1])
     return X, Y, Z
 
 

@@ -210,7 +210,7 @@ def _signer(signer_or_d: sm2.Sm2Signer | bytes, name: str) -> sm2.Sm2Signer:
 
 def _check_public_key(name: str, public_key: bytes) -> bytes:
     """Validate before signing, so a certificate never certifies a non-point."""
-    sm2.Sm2Verifier(public_key)
+    sm2.check_public_key(public_key)
     return bytes(public_key)
 
 
@@ -333,7 +333,7 @@ def _verify_signature(
 def _certified_key(fields: dict[str, bytes]) -> bytes:
     key = fields["public_key"]
     try:
-        sm2.Sm2Verifier(key)
+        sm2.check_public_key(key)
     except InvalidInputError as exc:
         raise CertificateError("public_key", exc.detail) from exc
     return key

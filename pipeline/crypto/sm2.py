@@ -55,6 +55,7 @@ __all__ = [
     "SIGNATURE_SIZE",
     "Sm2Signer",
     "Sm2Verifier",
+    "check_public_key",
     "generate_keypair",
     "message_digest",
     "public_key",
@@ -153,6 +154,22 @@ def public_key(d: bytes) -> bytes:
     point = curve.mul_base(_private_scalar(d))
     assert point is not None  # d in [1, n-2] never gives infinity
     return _encode_point(point)
+
+
+def check_public_key(public_key: bytes) -> None:
+    """Raise unless ``public_key`` is 64 bytes x || y of a point on the curve (GB/T 32918.1 6.2.1).
+
+    KeyLengthError for a wrong length, InvalidInputError for a point off the
+    curve or a coordinate not below p.
+
+    Example:
+        >>> check_public_key(generate_keypair()[1])
+        >>> check_public_key(bytes(64))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.InvalidInputError: public_key: point is not on the SM2 curve
+    """
+    _public_point(public_key)
 
 
 def generate_keypair() -> tuple[bytes, bytes]:

@@ -1,0 +1,111 @@
+"""Benchmark SM2 / PBOC on one core (run by hand, never as a timed test).
+
+Usage:
+    .venv/bin/python bench/bench_sm2.py [--seconds 2.0]
+
+Reports, single process (= per core):
+* the one-off fixed-base table build (first use in a process);
+* keygen/s (sm2.generate_keypair), sign/s (Sm2Signer.sign of an 84 + 200 byte
+  message, the size of an ICC certificate body plus static data),
+  keygen + sign/s (the per-card work), verify/s (Sm2Verifier.verify);
+* gmssl 3.2.2 keygen + sign/s in the same run (keygen = its ``_kg(d, G)`` with
+  d from ``secrets``, sign = ``sign_with_sm3`` with a nonce from ``secrets``)
+  and our ratio to it;
+* PBOC ICC certificate builds/s (format 14, issuer Sm2Signer reused) and
+  ICC keygen + certificate/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import time
+from collections.abc import Callable
+
+from gmssl import sm2 as gm_sm2
+
+from pipeline.crypto import _sm2_curve as curve
+from pipeline.crypto import pboc_certs, sm2
+
+STATIC = secrets.token_bytes(200)
+MESSAGE = secrets.token_bytes(84) + STATIC
+
+
+def rate(func: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``func`` over at least ``seconds`` (and 3 calls)."""
+    count, start = 0, time.perf_counter()
+    while True:
+        func()
+        count += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds and count >= 3:
+            return count / elapsed
+
+
+def gmssl_keygen_and_sign() -> Callable[[], object]:
+    g = gm_sm2.default_ecc_table["g"]
+    issuer_d, issuer_pub = sm2.generate_keypair()
+    signer = gm_sm2.CryptSM2(private_key=issuer_d.hex(), public_key=issuer_pub.hex())
+    n = curve.N
+
+    def op() -> object:
+        d = secrets.randbelow(n - 2) + 1
+        signer._kg(d, g)  # the ICC public key
+        return signer.sign_with_sm3(MESSAGE, f"{secrets.randbelow(n - 1) + 1:064x}")
+
+    return op
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    seconds = parser.parse_args().seconds
+
+    start = time.perf_counter()
+    sm2.warm_up()
+    table_s = time.perf_counter() - start
+    points = sum(len(row) - 1 for row in curve._base_table())
+
+    issuer_d, issuer_pub = sm2.generate_keypair()
+    signer = sm2.Sm2Signer(issuer_d)
+    verifier = sm2.Sm2Verifier(issuer_pub)
+    signature = signer.sign(MESSAGE)
+
+    def keygen_and_sign() -> object:
+        sm2.generate_keypair()
+        return signer.sign(MESSAGE)
+
+    _, icc_pub = sm2.generate_keypair()
+
+    def build_cert() -> object:
+        return pboc_certs.build_pboc_icc_certificate(
+            signer, "6228480000000000017", "1230", b"\x00\x00\x01", icc_pub, STATIC
+        )
+
+    def keygen_and_cert() -> object:
+        _, pub = sm2.generate_keypair()
+        return pboc_certs.build_pboc_icc_certificate(
+            signer, "6228480000000000017", "1230", b"\x00\x00\x01", pub, STATIC
+        )
+
+    print(f"pid {os.getpid()}, cpus {os.cpu_count()}, GMP {curve.mpz_version()}")
+    print(f"fixed-base table: W={curve.W}, {points} affine points, built in {table_s:.3f} s")
+    keygen = rate(sm2.generate_keypair, seconds)
+    sign = rate(lambda: signer.sign(MESSAGE), seconds)
+    both = rate(keygen_and_sign, seconds)
+    verify = rate(lambda: verifier.verify(MESSAGE, signature), seconds)
+    gm_both = rate(gmssl_keygen_and_sign(), seconds)
+    certs = rate(build_cert, seconds)
+    card = rate(keygen_and_cert, seconds)
+    print(f"SM2 keygen              {keygen:10,.0f} /s")
+    print(f"SM2 sign (Sm2Signer)    {sign:10,.0f} /s")
+    print(f"SM2 keygen + sign       {both:10,.0f} /s")
+    print(f"SM2 verify              {verify:10,.0f} /s")
+    print(f"gmssl keygen + sign     {gm_both:10,.0f} /s   (ours is {both / gm_both:.0f}x)")
+    print(f"PBOC ICC cert build     {certs:10,.0f} /s   (format 14, 200 B static data)")
+    print(f"ICC keygen + ICC cert   {card:10,.0f} /s")
+
+
+if __name__ == "__main__":
+    main()
