@@ -367,6 +367,7 @@ class SoftKeyStore:
         clock: Callable[[], datetime] = _utc_now,
         scrypt_salt: bytes | None = None,
         audit_key_label: str = DEFAULT_AUDIT_LABEL,
+        test_only: bool = False,
     ) -> SoftKeyStore:
         """Create a new, empty store protected by ``hmk`` and its audit key.
 
@@ -397,6 +398,8 @@ class SoftKeyStore:
             }
             if scrypt_salt is not None:
                 meta["scrypt_salt"] = scrypt_salt.hex()
+            if test_only:
+                meta["test_only"] = "1"
             conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
         finally:
             conn.close()
@@ -442,8 +445,13 @@ class SoftKeyStore:
         settings: Settings | None = None,
         clock: Callable[[], datetime] = _utc_now,
         read_only: bool = False,
+        test_only: bool = False,
     ) -> SoftKeyStore:
-        """DEMO ONLY: open (or create) a store whose HMK comes from a passphrase file via scrypt."""
+        """DEMO ONLY: open (or create) a store whose HMK comes from a passphrase file via scrypt.
+
+        ``test_only`` (on creation) marks the store as holding public TEST keys,
+        which allows :meth:`import_test_key`.
+        """
         path = Path(path)
         if not path.exists():
             if not create:
@@ -458,6 +466,7 @@ class SoftKeyStore:
                 settings=settings,
                 clock=clock,
                 scrypt_salt=salt,
+                test_only=test_only,
             )
         conn = cls._connect(path, read_only=True)
         try:
@@ -1241,6 +1250,60 @@ class SoftKeyStore:
                 self._audit(
                     actor, "key.rotate", _subject(record), "ok",
                     previous=str(current.ref), previous_state=KeyState.DEACTIVATED.value,
+                )  # fmt: skip
+        return record
+
+    def import_test_key(  # noqa: PLR0917 (mirrors import_components)
+        self,
+        label: str,
+        algorithm: KeyAlgorithm,
+        usage: KeyUsage,
+        role: KeyRole,
+        owner: str,
+        material: bytes,
+        *,
+        actor: str,
+        exportability: Exportability = Exportability.N,
+        mode_of_use: str = "N",
+    ) -> KeyRecord:
+        """TEST ONLY: store a published test key given in clear (demo stores only).
+
+        ``material`` is the symmetric key, an RSA private key as PKCS #8 DER, or
+        the SM2 scalar ``d``.  Refused unless the store was created with
+        ``test_only=True`` (``init_demo_store``); audited as
+        ``key.import_test_key``.  Real keys enter as components or key blocks.
+        """
+        _check_actor(actor)
+        with self._audited(actor, "key.import_test_key", label):
+            if self._meta("test_only") != "1":
+                raise KeyStoreError(
+                    label, "clear test keys are accepted only by a test_only (demo) store"
+                )
+            public_key: bytes | None = None
+            public_exponent: bytes | None = None
+            key = bytes(material)
+            if algorithm is KeyAlgorithm.RSA:
+                private = rsa.private_key_from_der(key)
+                bits = private.size_bytes * 8
+                public_key, public_exponent = private.modulus, private.exponent_bytes
+            elif algorithm is KeyAlgorithm.SM2:
+                bits, public_key = 256, sm2.public_key(key)
+            else:
+                if len(key) != algorithm.key_length:
+                    raise InvalidInputError(
+                        "material", f"{algorithm.value} needs {algorithm.key_length} bytes"
+                    )
+                bits = len(key) * 8
+            record = self._new_record(
+                label, algorithm, usage, role, owner, key, bits=bits,
+                exportability=exportability, mode_of_use=mode_of_use, state=KeyState.ACTIVE,
+                public_key=public_key, public_exponent=public_exponent,
+            )  # fmt: skip
+            with self._tx():
+                self._insert(record, key, source="test-value", custodians=())
+                self._audit(
+                    actor, "key.import_test_key", _subject(record), "ok",
+                    test_only=True, usage=usage.value, role=role.value, owner=owner,
                 )  # fmt: skip
         return record
 
