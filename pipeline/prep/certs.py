@@ -1,0 +1,175 @@
+"""ICC public-key certificates signed inside the key store (EMV Book 2 6.3; PBOC format 14).
+
+The issuer private key never leaves the key store.  For RSA the certificate's
+recovered block (``6A || 04 || ... || SHA-1 || BC``, Book 2 Table 14) is
+framed by :func:`pipeline.crypto.emv_certs.build_icc_certificate` and the raw
+private operation is done by ``store.sign(issuer_key, block)``; the adapter
+:class:`StoreRsaSigner` gives the store the shape of an
+:class:`~pipeline.crypto.rsa.RsaSigner` (``size_bytes``, ``private_op``).
+For SM2 the signed data is the certificate's bytes 0..83 followed by the
+static data to be authenticated (DOMAIN.md 4) and ``store.sign`` returns the
+GB/T 32918.2 signature ``r || s``.
+
+Every certificate is verified right after signing with the issuer *public*
+key (the self-check of issue 5): a wrong signature, a framing error or a
+certified key that is not the card's raises
+:class:`~pipeline.errors.CertificateError`, which the preparer turns into a
+reject ``R080 SELF_CHECK_CERT``.
+
+Example (RSA, with an in-memory signer standing in for the store):
+    >>> from pipeline.crypto.rsa import RsaSigner, generate_rsa_key   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from pipeline.crypto import pboc_certs
+from pipeline.crypto.emv_certs import build_icc_certificate, verify_icc_certificate
+from pipeline.errors import CertificateError
+
+if TYPE_CHECKING:
+    from pipeline.crypto.rsa import RsaSigner
+    from pipeline.keys.model import KeyRef
+    from pipeline.keys.store import KeyStore
+
+__all__ = [
+    "StoreRsaSigner",
+    "pboc_icc_certificate_body",
+    "sign_emv_icc_certificate",
+    "sign_pboc_icc_certificate",
+    "verify_emv_icc_certificate",
+    "verify_pboc_icc_certificate",
+]
+
+
+class StoreRsaSigner:
+    """An ``RsaSigner``-shaped adapter whose private operation runs in the key store.
+
+    ``private_op(block)`` is ``store.sign(key, block)``: the raw RSA private
+    operation on a block of the modulus length (the store's contract).
+    """
+
+    __slots__ = ("_key", "_store", "modulus", "size_bytes")
+
+    def __init__(self, store: KeyStore, key: KeyRef, modulus: bytes) -> None:
+        self._store = store
+        self._key = key
+        self.modulus = bytes(modulus)
+        self.size_bytes = len(modulus)
+
+    def __repr__(self) -> str:
+        return f"StoreRsaSigner({self._key}, {self.size_bytes * 8}-bit)"
+
+    def private_op(self, block: bytes) -> bytes:
+        """``block^d mod n`` computed by the key store (EMV Book 2 A2.1.2)."""
+        result = self._store.sign(self._key, block)
+        if len(result) != self.size_bytes:
+            raise CertificateError(
+                "issuer signature", f"store returned {len(result)} bytes, not {self.size_bytes}"
+            )
+        return result
+
+
+def sign_emv_icc_certificate(
+    signer: StoreRsaSigner,
+    *,
+    pan: str,
+    expiry_mmyy: str,
+    serial: bytes,
+    icc_modulus: bytes,
+    icc_exponent: bytes,
+    static_data: bytes,
+) -> tuple[bytes, bytes]:
+    """ICC PK certificate (tag 9F46) and remainder (9F48) signed by the store (Book 2 Table 14)."""
+    return build_icc_certificate(
+        cast("RsaSigner", signer),
+        signer.size_bytes,
+        pan,
+        expiry_mmyy,
+        serial,
+        icc_modulus,
+        icc_exponent,
+        static_data,
+    )
+
+
+def verify_emv_icc_certificate(
+    cert: bytes,
+    remainder: bytes,
+    *,
+    issuer_modulus: bytes,
+    issuer_exponent: bytes,
+    icc_modulus: bytes,
+    icc_exponent: bytes,
+    static_data: bytes,
+    pan: str,
+) -> None:
+    """Self-check: the certificate recovers, its hash verifies and it certifies this card's key.
+
+    Book 2 6.4 steps 1-8 with the issuer public key; raises CertificateError.
+    """
+    recovered = verify_icc_certificate(
+        cert, issuer_modulus, issuer_exponent, remainder, icc_exponent, static_data, pan=pan
+    )
+    if recovered.modulus != icc_modulus:
+        raise CertificateError("icc certificate", "certifies a key other than the card's")
+
+
+def pboc_icc_certificate_body(
+    pan_field: bytes, expiry_mmyy: str, serial: bytes, icc_public_key: bytes
+) -> bytes:
+    """Bytes 0..83 of a PBOC format-14 ICC certificate, laid out by ``pboc_certs.LAYOUT``.
+
+    ``pan_field`` is the application PAN F-padded to 10 bytes (``cn``).
+
+    Example:
+        >>> body = pboc_icc_certificate_body(bytes.fromhex("6234560000000000017F"), "1230",
+        ...                                  b"\\x00\\x00\\x01", bytes(64))
+        >>> len(body), body[:1].hex(), body[16:20].hex()
+        (84, '14', '04001140')
+    """
+    variable = {
+        "identifier": pan_field,
+        "expiry": bytes.fromhex(expiry_mmyy),
+        "serial": serial,
+        "public_key": icc_public_key,
+    }
+    parts = []
+    for spec in pboc_certs.LAYOUT[:-1]:  # every field but the signature
+        fixed = spec.value(pboc_certs.CertKind.ICC)
+        value = fixed if fixed is not None else variable[spec.name]
+        if len(value) != spec.size(pboc_certs.CertKind.ICC):
+            raise CertificateError(f"icc certificate {spec.name}", f"{len(value)} bytes")
+        parts.append(value)
+    return b"".join(parts)
+
+
+def sign_pboc_icc_certificate(
+    store: KeyStore,
+    issuer_key: KeyRef,
+    *,
+    pan_field: bytes,
+    expiry_mmyy: str,
+    serial: bytes,
+    icc_public_key: bytes,
+    static_data: bytes,
+) -> bytes:
+    """PBOC ICC certificate format 14 (tag 9F46): body || SM2 signature by the store.
+
+    The signature covers the body and the static data (DOMAIN.md 4).
+    """
+    body = pboc_icc_certificate_body(pan_field, expiry_mmyy, serial, icc_public_key)
+    signature = store.sign(issuer_key, body + static_data)
+    return body + signature
+
+
+def verify_pboc_icc_certificate(
+    cert: bytes, *, issuer_public_key: bytes, icc_public_key: bytes, static_data: bytes, pan: str
+) -> None:
+    """Self-check of a format-14 certificate under the issuer public key (CertificateError)."""
+    recovered = pboc_certs.verify_pboc_icc_certificate(cert, issuer_public_key, static_data)
+    if recovered.public_key != icc_public_key:
+        raise CertificateError("icc certificate", "certifies a key other than the card's")
+    if recovered.pan != pan:
+        raise CertificateError("icc certificate pan", "differs from the card's PAN")
