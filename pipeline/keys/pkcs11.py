@@ -296,7 +296,6 @@ def gp_diversification_data(method: DerivationMethod, kdd: bytes, kk: int) -> by
 
     Example:
         >>> gp_diversification_data(DerivationMethod.EMV_CPS, bytes(range(10)), 1).hex()
-        '040506070809f001040506070809 0f01'.replace(" ", "")
         '040506070809f0010405060708090f01'
     """
     if len(kdd) != 10:
@@ -1271,7 +1270,7 @@ class Pkcs11KeyStore:
         with self._s() as s:
             imk_rec = self._record_for(s, imk, Operation.DERIVE_CARD_KEY)
             tk_rec = self._record_for(s, tk, Operation.WRAP_OUTPUT)
-            check_strength(tk_rec, imk_rec, Operation.WRAP_OUTPUT)
+            check_strength(tk_rec, str(imk), imk_rec.strength_bits, Operation.WRAP_OUTPUT)
             family = _family(imk_rec.algorithm)
             want = _Family.AES if method is DerivationMethod.AES else _Family.TDES
             if family is not want or (
@@ -1353,7 +1352,7 @@ class Pkcs11KeyStore:
         with self._s() as s:
             kmc_rec = self._record_for(s, kmc, Operation.DIVERSIFY)
             tk_rec = self._record_for(s, tk, Operation.WRAP_OUTPUT)
-            check_strength(tk_rec, kmc_rec, Operation.WRAP_OUTPUT)
+            check_strength(tk_rec, str(kmc), kmc_rec.strength_bits, Operation.WRAP_OUTPUT)
             if kmc_rec.algorithm is not KeyAlgorithm.TDES2:
                 raise KeyUsageError(
                     str(kmc), f"usage {kmc_rec.usage.value} algorithm "

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.keys.pkcs11 import Pkcs11KeyStore
+
 TOKEN_LABEL = "cardprep-test"
 SO_PIN = "87654321"
 USER_PIN = "246810"
@@ -97,10 +99,8 @@ def audit() -> AuditRecorder:
 
 
 @pytest.fixture(scope="session")
-def store(softhsm_token: Token, audit: AuditRecorder) -> Iterator[Any]:
+def store(softhsm_token: Token, audit: AuditRecorder) -> Iterator[Pkcs11KeyStore]:
     """One Pkcs11KeyStore over the session's token (tests use unique labels)."""
-    from pipeline.keys.pkcs11 import Pkcs11KeyStore
-
     s = Pkcs11KeyStore(softhsm_token.library, softhsm_token.label, softhsm_token.pin, audit=audit)
     yield s
     s.close()
