@@ -192,6 +192,7 @@ class StepAction(Enum):
     ROTATE = "rotate"
     SUSPEND = "suspend"
     RESUME = "resume"
+    RETIRE = "retire"
     SCHEDULE_DESTRUCTION = "schedule-destruction"
     RESTORE = "restore"
     DESTROY = "destroy"
@@ -430,6 +431,7 @@ def _check_step(step: Step) -> None:
         a.ROTATE: ("label",),
         a.SUSPEND: ("key",),
         a.RESUME: ("key",),
+        a.RETIRE: ("key",),
         a.SCHEDULE_DESTRUCTION: ("key",),
         a.RESTORE: ("key",),
         a.DESTROY: ("key",),
@@ -858,6 +860,7 @@ class Ceremony:
             StepAction.ROTATE: self._rotate,
             StepAction.SUSPEND: self._lifecycle,
             StepAction.RESUME: self._lifecycle,
+            StepAction.RETIRE: self._lifecycle,
             StepAction.SCHEDULE_DESTRUCTION: self._lifecycle,
             StepAction.RESTORE: self._lifecycle,
             StepAction.DESTROY: self._lifecycle,
@@ -1019,11 +1022,11 @@ class Ceremony:
         entered = self._collect(step, step.label, step.algorithm, 3)
         key = self._combine(step, entered)
         self._check_combined(step, step.label, step.algorithm, key)
-        parts = entered.values if step.scheme is Scheme.XOR else list(xor_split(key, 2))
+        parts, ids = _store_parts(step.scheme, entered.values, key, entered.holders)
         assert step.expected_kcv is not None
         record = store.import_components(
             step.label, step.algorithm, step.usage, step.role, step.owner, parts,
-            step.expected_kcv, custodians=[c for _, c in entered.holders],
+            step.expected_kcv, custodians=ids,
             actor=dual_actor(by, witness), exportability=step.exportability,
             mode_of_use=step.mode_of_use,
         )  # fmt: skip
@@ -1085,10 +1088,10 @@ class Ceremony:
             threshold = step.threshold or 2
             values = [s.value for s in shamir_split(key, threshold, len(holders))]
         key_check = key_kcv(step.algorithm, key)
-        parts = values if step.scheme is Scheme.XOR else list(xor_split(key, 2))
+        parts, ids = _store_parts(step.scheme, values, key, holders)
         record = store.import_components(
             step.label, step.algorithm, step.usage, step.role, step.owner, parts, key_check,
-            custodians=[c for _, c in holders], actor=dual_actor(by, witness),
+            custodians=ids, actor=dual_actor(by, witness),
             exportability=step.exportability, mode_of_use=step.mode_of_use,
         )  # fmt: skip
         out_dir = self.ctx.out_dir / "envelopes" / str(record.ref)
@@ -1137,6 +1140,8 @@ class Ceremony:
             record = store.suspend(ref, actor=actor, reason=step.reason)
         elif step.action is a.RESUME:
             record = store.resume(ref, actor=actor)
+        elif step.action is a.RETIRE:
+            record = store.retire(ref, actor=actor)
         elif step.action is a.SCHEDULE_DESTRUCTION:
             record = store.schedule_destruction(ref, actor=actor, wait_days=step.wait_days)
         elif step.action is a.RESTORE:
@@ -1145,6 +1150,23 @@ class Ceremony:
             record = store.destroy(ref, actor=actor)
         extra = f", destroy after {record.destroy_after}" if record.destroy_after else ""
         return f"{_describe(record)}{extra}"
+
+
+def _store_parts(
+    scheme: Scheme, values: Sequence[bytes], key: bytes, holders: Sequence[tuple[int, str]]
+) -> tuple[list[bytes], list[str]]:
+    """What :meth:`KeyStore.import_components` receives: XOR components and their custodians.
+
+    The store takes 2..3 XOR components with one custodian each; Shamir
+    shares are recombined here and re-split into as many XOR components as
+    there are share holders, at most 3 (the store records the first three
+    holders; the full list is in the holding ledger and the audit trail).
+    """
+    ids = [c for _, c in holders]
+    if scheme is Scheme.XOR:
+        return list(values), ids
+    count = min(len(ids), 3)
+    return list(xor_split(key, count)), ids[:count]
 
 
 def _describe(record: KeyRecord) -> str:
