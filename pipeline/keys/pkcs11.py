@@ -484,6 +484,7 @@ class Pkcs11KeyStore:
         self._session = session
         self._pid = os.getpid()
         self._records: dict[KeyRef, tuple[Any, KeyRecord, dict[str, Any]]] = {}
+        self._handles: dict[tuple[KeyRef, int], Any] = {}
 
     @contextmanager
     def _s(self) -> Iterator[Any]:
@@ -721,6 +722,10 @@ class Pkcs11KeyStore:
         self._records[record.ref] = (handle, record, extra)
 
     def _key_handle(self, s: Any, ref: KeyRef, klass: int = PyKCS11.CKO_SECRET_KEY) -> Any:
+        """The key object of ``ref`` (cached per session: C_FindObjects dominates the hot path)."""
+        cached = self._handles.get((ref, klass))
+        if cached is not None:
+            return cached
         found = self._find(
             s,
             [
@@ -733,6 +738,7 @@ class Pkcs11KeyStore:
             raise KeyNotFoundError(
                 "key", f"{ref}: {len(found)} key objects in token {self._token_label!r}"
             )
+        self._handles[(ref, klass)] = found[0]
         return found[0]
 
     def _record_for(self, s: Any, ref: KeyRef, operation: Operation) -> KeyRecord:
@@ -946,6 +952,11 @@ class Pkcs11KeyStore:
     def _erase(self, s: Any, ref: KeyRef, handles: Sequence[Any]) -> None:
         _destroy(s, list(handles) + self._find(s, self._data_template(ref)))
         self._records.pop(ref, None)
+        self._forget_handles(ref)
+
+    def _forget_handles(self, ref: KeyRef) -> None:
+        for key in [k for k in self._handles if k[0] == ref]:
+            del self._handles[key]
 
     def import_components(  # noqa: PLR0917 (contract signature)
         self,
@@ -1138,6 +1149,7 @@ class Pkcs11KeyStore:
                 s, [(PyKCS11.CKA_LABEL, ref.label), (PyKCS11.CKA_ID, _version_id(ref.version))]
             )
             _destroy(s, handles)
+            self._forget_handles(ref)
             new = replace(
                 record, state=KeyState.DESTROYED, destroyed_at=_now_iso(now),
                 updated_at=_now_iso(now),
