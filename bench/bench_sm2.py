@@ -1,7 +1,7 @@
 """Benchmark SM2 / PBOC on one core (run by hand, never as a timed test).
 
 Usage:
-    .venv/bin/python bench/bench_sm2.py [--seconds 2.0]
+    .venv/bin/python bench/bench_sm2.py [--seconds 1.0] [--repeat 3]
 
 Reports, single process (= per core):
 * the one-off fixed-base table build (first use in a process);
@@ -32,15 +32,25 @@ STATIC = secrets.token_bytes(200)
 MESSAGE = secrets.token_bytes(84) + STATIC
 
 
+REPEAT = 3
+
+
 def rate(func: Callable[[], object], seconds: float) -> float:
-    """Calls per second of ``func`` over at least ``seconds`` (and 3 calls)."""
-    count, start = 0, time.perf_counter()
-    while True:
-        func()
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and count >= 3:
-            return count / elapsed
+    """Best of REPEAT runs of calls/s of ``func``, each over ``seconds`` (and 3 calls).
+
+    The best run is the least disturbed by other processes on a shared machine.
+    """
+    best = 0.0
+    for _ in range(REPEAT):
+        count, start = 0, time.perf_counter()
+        while True:
+            func()
+            count += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds and count >= 3:
+                break
+        best = max(best, count / elapsed)
+    return best
 
 
 def gmssl_keygen_and_sign() -> Callable[[], object]:
@@ -59,8 +69,12 @@ def gmssl_keygen_and_sign() -> Callable[[], object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
-    seconds = parser.parse_args().seconds
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (best is kept)")
+    args = parser.parse_args()
+    seconds = args.seconds
+    global REPEAT  # noqa: PLW0603 - a bench script's knob
+    REPEAT = max(1, args.repeat)
 
     start = time.perf_counter()
     sm2.warm_up()
