@@ -36,7 +36,7 @@ import csv
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
@@ -51,6 +51,7 @@ from pipeline.records.reasons import RejectReason
 __all__ = [
     "Check",
     "FileSummary",
+    "HashTotal",
     "RawRecord",
     "RecordProblem",
     "hash_total_of",
@@ -468,26 +469,47 @@ def _control_field_problem(spec: FieldSpec, value: str) -> str:
     return ""
 
 
-def hash_total_of(layout: Layout, detail_lines: Iterator[bytes] | list[bytes]) -> str:
-    """The trailer hash total of ``detail_lines`` (bytes, without terminators).
+class HashTotal:
+    """Streaming trailer hash total over detail lines (bytes, without terminators).
 
     For writers (``cardprep sample``) and tests; :func:`verify_file` computes
-    the same value while streaming.  Definition: :class:`HashMethod`.
+    the same value while reading.  Definition: :class:`HashMethod`.
 
     Example:
         >>> from pipeline.records.layout import load_layout
-        >>> hash_total_of(load_layout("demo-csv"), [b"D,4761739001010119", b"D,12"])
+        >>> h = HashTotal(load_layout("demo-csv"))
+        >>> h.add(b"D,4761739001010119"); h.add(b"D,12")
+        >>> h.value
         '000000009001010131'
     """
-    spec = layout.hash_total
-    if spec.method is HashMethod.SHA256:
-        h = hashlib.sha256()
-        for line in detail_lines:
-            h.update(line)
-        return h.hexdigest().upper()[: spec.digits]
-    codec = _Codec(layout)
-    total = sum(codec.pan_value(line) for line in detail_lines)
-    return _format_pan_sum(total, spec.digits)
+
+    def __init__(self, layout: Layout) -> None:
+        self._spec = layout.hash_total
+        self._codec = _Codec(layout)
+        self._sha = hashlib.sha256() if self._spec.method is HashMethod.SHA256 else None
+        self._sum = 0
+
+    def add(self, detail_line: bytes) -> None:
+        """Account for one detail line."""
+        if self._sha is not None:
+            self._sha.update(detail_line)
+        else:
+            self._sum += self._codec.pan_value(detail_line)
+
+    @property
+    def value(self) -> str:
+        """The hash total as the trailer writes it."""
+        if self._sha is not None:
+            return self._sha.hexdigest().upper()[: self._spec.digits]
+        return _format_pan_sum(self._sum, self._spec.digits)
+
+
+def hash_total_of(layout: Layout, detail_lines: Iterable[bytes]) -> str:
+    """The trailer hash total of ``detail_lines`` (see :class:`HashTotal`)."""
+    acc = HashTotal(layout)
+    for line in detail_lines:
+        acc.add(line)
+    return acc.value
 
 
 def _format_pan_sum(total: int, digits: int) -> str:
