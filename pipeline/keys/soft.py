@@ -938,9 +938,7 @@ class SoftKeyStore:
                     "components",
                     f"{algorithm.value} components must be {algorithm.key_length} bytes each",
                 )
-            key = xor_combine(components)
-            if sym is Algorithm.TDES:
-                key = fix_parity(key)
+            key = xor_combine(components)  # stored as entered: parity is not adjusted
             method = kcv_method_for(sym).value
             self._check_expected_kcv(key, method, expected_kcv, ceremony=True)
             record = self._new_record(
