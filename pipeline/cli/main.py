@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pipeline.errors import CardprepError
 
 #: Command modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.cli.selftest",)
+COMMAND_MODULES: tuple[str, ...] = ("pipeline.cli.selftest", "pipeline.cli.sample")
 
 
 def build_parser() -> argparse.ArgumentParser:
