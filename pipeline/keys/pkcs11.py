@@ -50,6 +50,7 @@ Example (needs a token; see tests/integration/conftest.py):
 from __future__ import annotations
 
 import builtins
+import hmac
 import json
 import os
 import threading
@@ -63,12 +64,14 @@ from typing import Any
 
 import PyKCS11
 
+from pipeline.audit.trail import AuditTrail
 from pipeline.crypto.ciphers import fix_parity, xor
 from pipeline.crypto.emv import option_b_y, validate_pan, validate_psn
 from pipeline.errors import (
     AuditError,
     CapabilityError,
     CeremonyError,
+    ConfigError,
     InvalidInputError,
     KeyNotFoundError,
     KeyStateError,
@@ -90,6 +93,7 @@ from pipeline.keys.model import (
     WrappedKey,
     check_label,
 )
+from pipeline.keys.settings import Settings
 from pipeline.keys.store import CAPABILITIES
 from pipeline.keys.usage import (
     MODE_DIRECTIONS,
@@ -441,6 +445,37 @@ class Pkcs11KeyStore:
         self._session: Any = None
         self._open()
         self._report = self._probe()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, pin: str | None = None, audit_key_label: str = "audit-mac"
+    ) -> Pkcs11KeyStore:
+        """Open the token ``settings.key_store.pkcs11`` names, with its audit trail.
+
+        Keys of the ``pkcs11:`` mapping: ``module`` (PKCS#11 library path),
+        ``token_label``, ``pin_file`` (read here unless ``pin`` is given,
+        e.g. from an Airflow Connection).  The trail at
+        ``key_store.audit_path`` is MACed in the token under the active
+        version of ``audit_key_label`` (an M6 AES key).
+        """
+        conf = settings.key_store.pkcs11
+        missing = [k for k in ("module", "token_label") if not conf.get(k)]
+        if missing:
+            raise ConfigError("key_store.pkcs11", f"missing {', '.join(missing)}")
+        if pin is None:
+            pin_file = conf.get("pin_file")
+            if not pin_file:
+                raise ConfigError("key_store.pkcs11.pin_file", "no PIN given and no pin_file")
+            try:
+                pin = Path(pin_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    "key_store.pkcs11.pin_file", f"cannot read {pin_file}: {exc.strerror}"
+                ) from None
+        store = cls(conf["module"], conf["token_label"], pin, audit=_no_trail_yet)
+        trail = AuditTrail(settings.key_store.audit_path, _TokenSealer(store, audit_key_label))
+        store._audit = trail.append
+        return store
 
     def __repr__(self) -> str:  # never the PIN
         return f"Pkcs11KeyStore(token={self._token_label!r}, library={self._library!r})"
@@ -1432,15 +1467,41 @@ class Pkcs11KeyStore:
             except PyKCS11.PyKCS11Error as exc:
                 raise KeyStoreError("sign", f"{key}: token refused: {_ckr(exc)}") from None
 
+    def _cmac(self, key: KeyRef, data: bytes, purpose: str, operation: Operation) -> bytes:
+        """In-token CMAC (SP 800-38B) under an M6 key over ``len(purpose) || purpose || data``.
+
+        Purposes are separated by that prefix-free framing instead of a
+        derived key: an M6 key does nothing but MAC, so it needs no CKA_DERIVE.
+        A K0 key (TK) is refused: it also encrypts (ECB) in the token, and with
+        an ECB oracle CMAC subkeys are computable; a TK-derived MAC key would
+        need CKA_DERIVE on the TK, which this backend keeps for master keys.
+        """
+        self._require("mac", operation.value)
+        tag = purpose.encode()
+        if not 1 <= len(tag) <= 255:
+            raise InvalidInputError("purpose", f"1..255 bytes, got {len(tag)}")
+        with self._s() as s:
+            record = self._record_for(s, key, operation)
+            family = _family(record.algorithm)
+            if record.usage is not KeyUsage.M6 or family is None:
+                raise CapabilityError(
+                    operation.value,
+                    f"{key}: usage {record.usage.value} {record.algorithm.value}: this backend "
+                    "MACs only with M6 AES/3DES keys (a TK-derived MAC key needs CKA_DERIVE "
+                    "on the TK)",
+                )
+            mech = PyKCS11.CKM_AES_CMAC if family is _Family.AES else PyKCS11.CKM_DES3_CMAC
+            message = bytes([len(tag)]) + tag + bytes(data)
+            return bytes(s.sign(self._key_handle(s, key), message, PyKCS11.Mechanism(mech)))
+
     def mac(self, key: KeyRef, data: bytes, purpose: str) -> bytes:
-        """Refused in this version (see the ``mac`` gap)."""
-        self._require("mac", "mac")
-        raise CapabilityError("mac", "not reached")  # pragma: no cover
+        """CMAC inside the token under an M6 key, separated by ``purpose`` (see ``_cmac``)."""
+        return self._cmac(key, data, purpose, Operation.MAC)
 
     def verify_mac(self, key: KeyRef, data: bytes, mac: bytes, purpose: str) -> bool:
-        """Refused in this version (see the ``mac`` gap)."""
-        self._require("mac", "verify_mac")
-        raise CapabilityError("verify_mac", "not reached")  # pragma: no cover
+        """Recompute the CMAC in the token and compare in constant time."""
+        expected = self._cmac(key, data, purpose, Operation.VERIFY_MAC)
+        return hmac.compare_digest(expected, bytes(mac))
 
     def pan_token(self, key: KeyRef, pan: str) -> str:
         """Refused in this version (see the ``pan_token`` gap)."""
@@ -1459,6 +1520,34 @@ class Pkcs11KeyStore:
 
 
 # --- module helpers ----------------------------------------------------------------------------
+
+
+def _no_trail_yet(*_: object, **__: object) -> None:
+    raise AuditError("audit", "no audit trail attached")
+
+
+class _TokenSealer:
+    """Audit-trail MACs computed in the token (``store.mac(ref, data, "audit")``)."""
+
+    def __init__(self, store: Pkcs11KeyStore, label: str) -> None:
+        self._store = store
+        self._label = label
+
+    def key_id(self) -> str:
+        try:
+            return str(self._store.active(self._label))
+        except KeyStoreError as exc:
+            raise AuditError("audit key", f"no usable audit key: {exc}") from None
+
+    def seal(self, key_id: str, data: bytes) -> bytes:
+        try:
+            return self._store.mac(KeyRef.parse(key_id), data, "audit")
+        except KeyStoreError as exc:
+            raise AuditError("audit key", f"cannot MAC under {key_id}: {exc}") from None
+
+    def check(self, key_id: str, data: bytes, mac: bytes) -> bool:
+        return self._store.verify_mac(KeyRef.parse(key_id), data, mac, "audit")
+
 
 _MECH_NAME = {
     _Family.TDES: {"ecb": "CKM_DES3_ECB", "cbc-1": "CKM_DES3_CBC"},
@@ -1520,7 +1609,6 @@ _FIXED_GAPS: dict[str, str] = {
         "SP 800-108 counter KDF with AES-CMAC (CKM_SP800_108_COUNTER_KDF, PKCS#11 3.0) "
         "not used by this backend"
     ),
-    "mac": "not implemented by the pkcs11 backend yet (needs a per-purpose derived CMAC key)",
     "pan_token": "not implemented by the pkcs11 backend yet (HMAC under a derived key)",
     "encrypt_data": "not implemented by the pkcs11 backend yet (AES-GCM under a derived key)",
 }
@@ -1570,6 +1658,7 @@ def _build_report(
         "translate": unwrap_any or "ECB unwrap found but translate is not implemented",
         "sign:rsa": ok("rsa-x509-sign"),
         "kcv": has("CKM_DES3_ECB", "CKM_AES_ECB"),
+        "mac": has("CKM_AES_CMAC"),
         "encrypt_under_tk": has("CKM_DES3_ECB", "CKM_AES_ECB"),
         "lifecycle": None,
     }

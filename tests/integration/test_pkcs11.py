@@ -15,6 +15,7 @@ import shutil
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import PyKCS11
@@ -23,15 +24,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyemv import kd as pyemv_kd
 
+from pipeline.audit.trail import AuditTrail
 from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
 from pipeline.crypto.emv import derive_icc_mk
 from pipeline.crypto.gp import diversify_card_keys
 from pipeline.crypto.kcv import kcv as sw_kcv
+from pipeline.crypto.mac import cmac
 from pipeline.crypto.padding import pad_iso9797_m2
 from pipeline.errors import (
     AuditError,
     CapabilityError,
     CeremonyError,
+    ConfigError,
     InvalidInputError,
     KeyStateError,
     KeyStoreError,
@@ -46,7 +50,8 @@ from pipeline.keys.model import (
     KeyState,
     KeyUsage,
 )
-from pipeline.keys.pkcs11 import Pkcs11KeyStore, token_attributes
+from pipeline.keys.pkcs11 import Pkcs11KeyStore, _TokenSealer, token_attributes
+from pipeline.keys.settings import parse_settings
 from pipeline.keys.store import KeyStore
 from tests.conftest import load_vectors
 from tests.integration.conftest import AuditRecorder, Token
@@ -554,3 +559,66 @@ def test_forked_child_reopens_its_own_session(store: Pkcs11KeyStore, keys: dict[
         keys["clear"]["imk"], "4761739001010119", "01"
     )
     assert data[16:] == store.kcv(keys["tk"])  # the parent's session still works
+
+
+# --- MACs and the audit trail sealed in the token ----------------------------------------
+
+
+def test_mac_in_token_is_cmac_over_framed_purpose(
+    store: Pkcs11KeyStore, keys: dict[str, Any]
+) -> None:
+    """In-token CMAC of M6 keys = software CMAC over len(purpose) || purpose || data."""
+    key = secrets.token_bytes(32)
+    ref = _enter(store, key, KeyAlgorithm.AES256, KeyUsage.M6, KeyRole.AUDIT_MAC,
+                 kcv_method="aes-cmac").ref  # fmt: skip
+    data = secrets.token_bytes(45)
+    tag = store.mac(ref, data, "manifest")
+    assert tag == cmac(Algorithm.AES, key, b"\x08manifest" + data)
+    assert tag != store.mac(ref, data, "audit")
+    assert store.verify_mac(ref, data, tag, "manifest")
+    assert not store.verify_mac(ref, data + b"x", tag, "manifest")
+    assert not store.verify_mac(ref, data, tag, "audit")
+    with pytest.raises(CapabilityError, match="M6"):
+        store.mac(keys["tk"], data, "manifest")
+    with pytest.raises(KeyUsageError, match="usage E0 does not permit mac"):
+        store.mac(keys["imk"], data, "manifest")
+
+
+def test_from_settings_reads_pin_file_and_seals_audit_in_token(
+    softhsm_token: Token, store: Pkcs11KeyStore, tmp_path: Path
+) -> None:
+    audit_label = _label("audit-mac")
+    store.generate(audit_label, KeyAlgorithm.AES256, KeyUsage.M6, KeyRole.AUDIT_MAC, "bureau:test",
+                   actor="km1", exportability=Exportability.N)  # fmt: skip
+    pin_file = tmp_path / "pin"
+    pin_file.write_text(softhsm_token.pin + "\n")
+    settings = parse_settings(
+        {
+            "environment": "production",
+            "key_store": {
+                "backend": "pkcs11",
+                "audit_path": str(tmp_path / "audit.jsonl"),
+                "pkcs11": {"module": softhsm_token.library, "token_label": softhsm_token.label,
+                           "pin_file": str(pin_file)},
+            },
+        }
+    )  # fmt: skip
+    opened = Pkcs11KeyStore.from_settings(settings, audit_key_label=audit_label)
+    try:
+        rec = opened.generate(_label("kek"), KeyAlgorithm.AES128, KeyUsage.K0, KeyRole.KEK,
+                              "issuer:test", actor="km1")  # fmt: skip
+        text = (tmp_path / "audit.jsonl").read_text()
+        assert str(rec.ref) in text and softhsm_token.pin not in text
+        trail = AuditTrail(tmp_path / "audit.jsonl", _TokenSealer(opened, audit_label))
+        assert trail.verify().ok
+        # Fail closed: without a usable audit key nothing is generated.
+        orphan = Pkcs11KeyStore.from_settings(settings, audit_key_label=_label("none"))
+        label = _label("kek")
+        with pytest.raises(AuditError):
+            orphan.generate(label, KeyAlgorithm.AES128, KeyUsage.K0, KeyRole.KEK, "o", actor="km1")
+        assert not [r for r in store.list() if r.ref.label == label]
+    finally:
+        opened.close()
+    bad = parse_settings({"key_store": {"backend": "pkcs11", "pkcs11": {"token_label": "x"}}})
+    with pytest.raises(ConfigError, match="module"):
+        Pkcs11KeyStore.from_settings(bad)
