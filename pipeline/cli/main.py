@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from pipeline.errors import CardprepError
 
 #: Command modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("pipeline.cli.selftest", "pipeline.cli.sample")
+COMMAND_MODULES: tuple[str, ...] = (
+    "pipeline.cli.selftest",
+    "pipeline.cli.sample",
+    "pipeline.cli.keys",
+    "pipeline.cli.custodians",
+    "pipeline.cli.audit",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
