@@ -1228,7 +1228,10 @@ class SoftKeyStore:
         """Generate the next version; the active one becomes DEACTIVATED."""
         _check_actor(actor)
         with self._audited(actor, "key.rotate", label):
-            current = self._fetch(self.active(label))
+            try:
+                current = self._fetch(self.active(label))
+            except KeyStateError:  # e.g. suspended after an incident: rotate from the newest
+                current = self.get(label)
             _, source = self._extra(current.ref)
             if source != "generated":
                 raise KeyStoreError(
