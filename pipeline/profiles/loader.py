@@ -390,7 +390,7 @@ def parse_product(data: Any, source: str = "<profile>") -> ProductProfile:
             raise ctx.error(f"constants.{tag.hex().upper()}", "is computed per card, not constant")
     aip = ctx.hexbytes(ctx.require(top, "aip", ""), "aip", 2, 2)
     sda = top.get("sda_tag_list")
-    sda_tag_list = ctx.hexbytes(sda, "sda_tag_list", 1, 1) if sda else None
+    sda_tag_list = ctx.hexbytes(sda, "sda_tag_list", 1, 3) if sda else None
     if sda_tag_list is not None and sda_tag_list != b"\x82":
         raise ctx.error("sda_tag_list", "may contain only tag 82 (Book 3 10.3)")
     records = _records(ctx, ctx.require(top, "records", ""))
