@@ -47,10 +47,8 @@ def scrypt_key(
         >>> scrypt_key(b"", b"", 64, n=16, r=1, p=1).hex()[:16]  # RFC 7914 section 12
         '77d6576238657b20'
     """
-    if not passphrase and n > 16:
-        raise InvalidInputError("passphrase", "must not be empty")
-    if len(salt) < 16 and n > 16:
-        raise InvalidInputError("salt", f"must be at least 16 bytes, got {len(salt)}")
+    if length < 1:
+        raise InvalidInputError("length", f"must be >= 1, got {length}")
     return Scrypt(salt=salt, length=length, n=n, r=r, p=p).derive(passphrase)
 
 

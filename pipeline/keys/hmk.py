@@ -93,6 +93,8 @@ def hmk_from_passphrase(passphrase: bytes, salt: bytes) -> bytes:
         raise ConfigError(
             "passphrase", f"demo HMK passphrase must be at least {_MIN_PASSPHRASE} bytes"
         )
+    if len(salt) < 16:
+        raise ConfigError("salt", f"scrypt salt must be at least 16 bytes, got {len(salt)}")
     return scrypt_key(passphrase, salt, HMK_LENGTH)
 
 
