@@ -109,6 +109,9 @@ __all__ = [
     "AuditSink",
     "CapabilityReport",
     "Pkcs11KeyStore",
+    "derivation_data",
+    "gp_diversification_data",
+    "option_a_y",
     "token_attributes",
 ]
 
