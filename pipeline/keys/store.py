@@ -87,8 +87,10 @@ class KeyStore(Protocol):
     ) -> KeyRecord:
         """Generate a new key (version 1, or the next version if ``label`` exists).
 
-        ``bits`` is required for RSA (modulus size); symmetric keys take their
-        length from ``algorithm``.  ``mode_of_use`` is the TR-31 character
+        ``bits`` is required for RSA (modulus size; the soft backend also takes
+        ``exponent=``, default 3); symmetric keys take their length from
+        ``algorithm``.  A new ACTIVE version makes the previous
+        active one DEACTIVATED.  ``mode_of_use`` is the TR-31 character
         (X9.143 Table 4; ``N`` = no special restriction, ``S`` = sign only ...).
         Returns the new record; it is ACTIVE unless ``activate=False``
         (PRE_ACTIVE).
@@ -171,6 +173,7 @@ class KeyStore(Protocol):
     def rotate(self, label: str, *, actor: str) -> KeyRecord:
         """Generate the next version with the same attributes; the active one becomes DEACTIVATED.
 
+        Works from a suspended key too (rotation after an incident).
         A deactivated version only decrypts / unwraps / verifies until retired.
         Keys entered from components or key blocks cannot be rotated by
         generation: enter the new version the same way.
@@ -182,11 +185,14 @@ class KeyStore(Protocol):
         ...
 
     def schedule_destruction(self, ref: KeyRef, *, actor: str, wait_days: int = 7) -> KeyRecord:
-        """Move to DESTROY_PENDING; ``destroy`` is possible after ``wait_days`` days."""
+        """Move a non-ACTIVE key to DESTROY_PENDING; ``destroy`` works after ``wait_days`` days.
+
+        An ACTIVE key is refused (rotate or retire it first).
+        """
         ...
 
     def restore(self, ref: KeyRef, *, actor: str) -> KeyRecord:
-        """DESTROY_PENDING -> RETIRED (cancel a scheduled destruction)."""
+        """DESTROY_PENDING -> the state before scheduling (cancel the destruction)."""
         ...
 
     def destroy(self, ref: KeyRef, *, actor: str) -> KeyRecord:
