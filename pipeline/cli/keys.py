@@ -158,7 +158,7 @@ def format_record(record: KeyRecord) -> str:
         ...     KeyRole.TK, "B", Exportability.E, "bureau:demo", KeyState.ACTIVE,
         ...     bytes.fromhex("08D7B4"), "tdes", (), "t", "t", "t")
         >>> format_record(r)
-        'demo-tk                    2  tdes2    K0  active           08D7B4  bureau:demo'
+        'demo-tk                     2  tdes2    K0  active           08D7B4  bureau:demo'
     """
     return (
         f"{record.ref.label:<26} {record.ref.version:>2}  {record.algorithm.value:<8} "
