@@ -115,6 +115,13 @@ class PreparedCard:
     kcvs: Mapping[str, str] = field(default_factory=dict)
     icc_public_key_sha256: str = ""
 
+    def __repr__(self) -> str:  # the DGIs hold the PAN (57, 5A) and secrets: ids only
+        ids = ",".join(d.name for d in self.dgis)
+        return (
+            f"PreparedCard(line_no={self.line_no}, product={self.product!r}, "
+            f"masked_pan={self.masked_pan!r}, dgis=[{ids}])"
+        )
+
     def dgi(self, dgi_id: int) -> Dgi | None:
         """The DGI with identifier ``dgi_id``, or None."""
         for item in self.dgis:
@@ -332,6 +339,8 @@ class CardPreparer:
             return self._reject(record, rej.reason, rej.field_name, rej.detail)
         except PreparationError as exc:
             reason = _FIELD_REASONS.get(exc.field, RejectReason.FIELD_FORMAT)
+            if exc.field == "name" and exc.detail.startswith("length"):
+                reason = RejectReason.NAME_LENGTH
             return self._reject(record, reason, exc.field, exc.detail)
         except KeyStoreError:
             raise  # batch level: a missing, suspended or misused key stops the batch

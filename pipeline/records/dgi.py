@@ -88,9 +88,9 @@ class Dgi:
         """``id || length || value`` (CPS 4.2)."""
         return encode_dgi(self.id, self.value)
 
-    def __repr__(self) -> str:  # never print a secret DGI's bytes
-        shown = "<encrypted>" if self.encrypted else self.value.hex().upper()
-        return f"Dgi({self.name}, {len(self.value)} bytes, {shown})"
+    def __repr__(self) -> str:  # never print values: records hold the PAN, others secrets
+        state = "encrypted" if self.encrypted else "clear"
+        return f"Dgi({self.name}, {len(self.value)} bytes, {state})"
 
 
 def _check_id(dgi: int) -> None:
@@ -187,7 +187,7 @@ def decode_dgis(data: bytes, encrypted: Collection[int] = frozenset()) -> list[D
 
     Example:
         >>> decode_dgis(bytes.fromhex("8000020102900000"), encrypted={0x8000})
-        [Dgi(8000, 2 bytes, <encrypted>), Dgi(9000, 0 bytes, )]
+        [Dgi(8000, 2 bytes, encrypted), Dgi(9000, 0 bytes, clear)]
     """
     if not isinstance(data, bytes | bytearray):
         raise InvalidInputError("dgis", f"expected bytes, got {type(data).__name__}")
