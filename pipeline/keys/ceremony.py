@@ -1047,7 +1047,7 @@ class Ceremony:
                 expected_kcv=step.expected_kcv, actor=dual_actor(by, witness),
             )  # fmt: skip
         except (CeremonyError, KeyStoreError) as exc:
-            if "KCV" in str(exc) and step.expected_kcv is not None:
+            if exc.field == "expected_kcv" and step.expected_kcv is not None:
                 self._discrepancy(
                     step, step.label, "key-block", step.expected_kcv, b"",
                     by=dual_actor(by, witness),

@@ -248,6 +248,22 @@ def test_refusal_kcv_mismatch_stores_nothing(
     assert "demo-kek-2" in shown and '"sender":"issuer:demo"' in shown
 
 
+def test_refusal_key_block_kcv_mismatch_stores_nothing(
+    ran: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(
+        ["keys", "import", "demo-kek-3", "--key-block", str(ran["files"] / "issuer-kek.tr31"),
+         "--kbpk", "demo-zmk-issuer", "--role", "kek", "--owner", "issuer:demo", "--kcv",
+         "000000", "--sender", "issuer:demo", "--by", "km1", "--witness", "aud1",
+         *_store_args(ran)]
+    )  # fmt: skip
+    assert rc == 2 and "KCV mismatch" in capsys.readouterr().err
+    main(["keys", "list", *_store_args(ran)])
+    assert "demo-kek-3" not in capsys.readouterr().out
+    main(["audit", "show", "--action", "ceremony.discrepancy", *_store_args(ran)])
+    assert '"kind":"key-block"' in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("employment", ["temporary", "consultant"])
 def test_refusal_temporary_and_consultant_cannot_be_appointed(
     ran: dict[str, Path], capsys: pytest.CaptureFixture[str], employment: str
