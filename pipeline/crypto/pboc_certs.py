@@ -82,6 +82,8 @@ __all__ = [
     "build_pboc_icc_certificate",
     "build_pboc_issuer_certificate",
     "build_pboc_ssad",
+    "icc_certificate_body",
+    "issuer_certificate_body",
     "verify_pboc_icc_certificate",
     "verify_pboc_issuer_certificate",
     "verify_pboc_ssad",
@@ -229,6 +231,47 @@ def _body(kind: CertKind, identifier: bytes, expiry: bytes, serial: bytes, key: 
     return b"".join(parts)
 
 
+def issuer_certificate_body(
+    issuer_identifier: str, expiry: str, serial: bytes, issuer_public_key: bytes
+) -> bytes:
+    """Bytes 0..77 of a format-12 issuer certificate: what the CA key signs.
+
+    For signers outside this module (an HSM through the key store): the
+    certificate is ``body || SM2 signature of body``.
+
+    Example:
+        >>> pub = sm2.generate_keypair()[1]
+        >>> body = issuer_certificate_body("622848", "1230", b"\\x00\\x00\\x01", pub)
+        >>> len(body), body[:5].hex().upper()
+        (78, '12622848FF')
+    """
+    return _body(
+        CertKind.ISSUER,
+        _encode_f_padded("issuer_identifier", issuer_identifier, 4, 3, 8),
+        _encode_expiry(expiry),
+        _check_serial(serial),
+        _check_public_key("issuer_public_key", issuer_public_key),
+    )
+
+
+def icc_certificate_body(pan: str, expiry: str, serial: bytes, icc_public_key: bytes) -> bytes:
+    """Bytes 0..83 of a format-14 ICC certificate; the issuer signs ``body || static data``.
+
+    Example:
+        >>> pub = sm2.generate_keypair()[1]
+        >>> body = icc_certificate_body("6228480000000000017", "1230", b"\\x00\\x00\\x01", pub)
+        >>> len(body), body[16:20].hex()
+        (84, '04001140')
+    """
+    return _body(
+        CertKind.ICC,
+        _encode_f_padded("pan", pan, 10, 12, 19),
+        _encode_expiry(expiry),
+        _check_serial(serial),
+        _check_public_key("icc_public_key", icc_public_key),
+    )
+
+
 def build_pboc_issuer_certificate(
     ca_d: sm2.Sm2Signer | bytes,
     issuer_identifier: str,
@@ -247,13 +290,7 @@ def build_pboc_issuer_certificate(
         >>> len(build_pboc_issuer_certificate(ca_d, "622848", "1230", b"\\x00\\x00\\x01", iss_pub))
         142
     """
-    body = _body(
-        CertKind.ISSUER,
-        _encode_f_padded("issuer_identifier", issuer_identifier, 4, 3, 8),
-        _encode_expiry(expiry),
-        _check_serial(serial),
-        _check_public_key("issuer_public_key", issuer_public_key),
-    )
+    body = issuer_certificate_body(issuer_identifier, expiry, serial, issuer_public_key)
     return body + _signer(ca_d, "ca_d").sign(body)
 
 
@@ -281,13 +318,7 @@ def build_pboc_icc_certificate(  # noqa: PLR0917 - positional order is the issue
     """
     if not isinstance(static_data, bytes | bytearray):
         raise InvalidInputError("static_data", "expected bytes")
-    body = _body(
-        CertKind.ICC,
-        _encode_f_padded("pan", pan, 10, 12, 19),
-        _encode_expiry(expiry),
-        _check_serial(serial),
-        _check_public_key("icc_public_key", icc_public_key),
-    )
+    body = icc_certificate_body(pan, expiry, serial, icc_public_key)
     return body + _signer(issuer_signer_or_d, "issuer_signer_or_d").sign(body + static_data)
 
 

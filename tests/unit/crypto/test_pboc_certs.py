@@ -271,3 +271,15 @@ def test_builder_rejects_bad_keys() -> None:
         pc.build_pboc_icc_certificate("key", PAN, "1230", SERIAL, ICC_PUB, STATIC)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match=r"^dac"):
         pc.build_pboc_ssad(ISS_D, b"\x00", STATIC)
+
+
+def test_bodies_for_external_signers() -> None:
+    """A signer outside the module (an HSM) signs body (|| static data); the result verifies."""
+    issuer_body = pc.issuer_certificate_body("622848", "1230", SERIAL, ISS_PUB)
+    assert issuer_body == _issuer_cert()[:78]
+    issuer_cert = issuer_body + sm2.sign(CA_D, issuer_body)
+    assert pc.verify_pboc_issuer_certificate(issuer_cert, CA_PUB).public_key == ISS_PUB
+    icc_body = pc.icc_certificate_body(PAN, "1230", SERIAL, ICC_PUB)
+    assert icc_body == _icc_cert()[:84]
+    icc_cert = icc_body + sm2.sign(ISS_D, icc_body + STATIC)
+    assert pc.verify_pboc_icc_certificate(icc_cert, ISS_PUB, STATIC).pan == PAN
