@@ -16,8 +16,11 @@ certified key that is not the card's raises
 :class:`~pipeline.errors.CertificateError`, which the preparer turns into a
 reject ``R080 SELF_CHECK_CERT``.
 
-Example (RSA, with an in-memory signer standing in for the store):
-    >>> from pipeline.crypto.rsa import RsaSigner, generate_rsa_key   # doctest: +SKIP
+Example (the signed part of a format-14 certificate):
+    >>> body = pboc_icc_certificate_body(bytes.fromhex("6234560000000000017F"), "1228",
+    ...                                  b"\\x00\\x00\\x01", bytes(64))
+    >>> body[:13].hex().upper()
+    '146234560000000000017F1228'
 """
 
 from __future__ import annotations
