@@ -46,7 +46,7 @@ from datetime import date
 from enum import IntEnum
 
 from pipeline.audit.masking import mask_pan
-from pipeline.crypto.rsa import RsaSigner, rsa_public_op
+from pipeline.crypto.rsa import RawRsaSigner, rsa_public_op
 from pipeline.crypto.tlv import decode_tlv
 from pipeline.errors import CertificateError, InvalidInputError
 
@@ -253,7 +253,7 @@ def _key_field(modulus: bytes, field_length: int) -> tuple[bytes, bytes]:
     return bytes(modulus[:field_length]), bytes(modulus[field_length:])
 
 
-def _check_signer(signer: RsaSigner, modulus_len: int, name: str) -> None:
+def _check_signer(signer: RawRsaSigner, modulus_len: int, name: str) -> None:
     if signer.size_bytes != modulus_len:
         raise CertificateError(
             f"{name} length", f"signer modulus is {signer.size_bytes} bytes, not {modulus_len}"
@@ -262,7 +262,7 @@ def _check_signer(signer: RsaSigner, modulus_len: int, name: str) -> None:
         raise CertificateError(f"{name} length", f"{modulus_len} exceeds {MAX_MODULUS_BYTES}")
 
 
-def _sign_recoverable(signer: RsaSigner, body: bytes, hashed_tail: bytes) -> bytes:
+def _sign_recoverable(signer: RawRsaSigner, body: bytes, hashed_tail: bytes) -> bytes:
     """``6A || body || SHA-1(body || tail) || BC``, signed (Book 2 Annex A2.1.2)."""
     block = bytes([HEADER]) + body + _sha1(body + hashed_tail) + bytes([TRAILER])
     return signer.private_op(block)
@@ -346,7 +346,7 @@ def _check_hash(recovered_hash: bytes, hashed: bytes, what: str) -> None:
 
 
 def build_issuer_certificate(  # noqa: PLR0917 - positional order is the issue 3 contract
-    ca_signer: RsaSigner,
+    ca_signer: RawRsaSigner,
     ca_modulus_len: int,
     issuer_identifier: str,
     expiry: str,
@@ -360,7 +360,7 @@ def build_issuer_certificate(  # noqa: PLR0917 - positional order is the issue 3
     Requires ``N_I <= N_CA <= 248`` (section 5.1).
 
     Example:
-        >>> from pipeline.crypto.rsa import generate_rsa_key
+        >>> from pipeline.crypto.rsa import RsaSigner, generate_rsa_key
         >>> ca, iss = generate_rsa_key(1024, 3), generate_rsa_key(1024, 3)
         >>> cert, rem = build_issuer_certificate(RsaSigner(ca), 128, "476173", "1230",
         ...     b"\\x00\\x00\\x01", iss.modulus, b"\\x03")
@@ -464,7 +464,7 @@ def verify_issuer_certificate(
 
 
 def build_icc_certificate(  # noqa: PLR0917 - positional order is the issue 3 contract
-    issuer_signer: RsaSigner,
+    issuer_signer: RawRsaSigner,
     issuer_modulus_len: int,
     pan: str,
     expiry: str,
@@ -590,7 +590,7 @@ def verify_icc_certificate(  # noqa: PLR0917 - positional order is the issue 3 c
 
 
 def build_signed_static_data(
-    issuer_signer: RsaSigner, issuer_modulus_len: int, dac: bytes, static_data: bytes
+    issuer_signer: RawRsaSigner, issuer_modulus_len: int, dac: bytes, static_data: bytes
 ) -> bytes:
     """Sign Static Application Data for SDA; return tag 93 (Book 2 5.4, Table 7).
 
@@ -636,7 +636,7 @@ def verify_signed_static_data(
 
 
 def build_signed_dynamic_data(
-    icc_signer: RsaSigner, icc_modulus_len: int, icc_dynamic_data: bytes, terminal_data: bytes
+    icc_signer: RawRsaSigner, icc_modulus_len: int, icc_dynamic_data: bytes, terminal_data: bytes
 ) -> bytes:
     """Sign Dynamic Application Data (DDA, format 05); return tag 9F4B (Book 2 Table 17).
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import gmpy2
 from cryptography.hazmat.primitives import serialization
@@ -222,6 +222,24 @@ def rsa_public_op(modulus: bytes, exponent: bytes, block: bytes) -> bytes:
     if x >= n:
         raise InvalidInputError("block", "not less than the modulus")
     return int(gmpy2.powmod(x, e, n)).to_bytes(len(modulus), "big")
+
+
+class RawRsaSigner(Protocol):
+    """Anything that performs the raw RSA private operation for one key.
+
+    :class:`RsaSigner` (in-process) satisfies it, and so can an adapter over an
+    HSM's raw mechanism (PKCS #11 ``CKM_RSA_X_509``) or a key store, so the
+    EMV certificate builders never need the private key itself.
+    """
+
+    @property
+    def size_bytes(self) -> int:
+        """Modulus length in bytes."""
+        ...
+
+    def private_op(self, block: bytes) -> bytes:
+        """``block^d mod n``, modulus length (EMV Book 2 A2.1.2)."""
+        ...
 
 
 class RsaSigner:

@@ -438,3 +438,26 @@ def test_static_data_to_authenticate_refuses(
 ) -> None:
     with pytest.raises(InvalidInputError, match=f"^{field}:"):
         static_data_to_authenticate(records, tag_list, aip)
+
+
+class _PowSigner:
+    """A RawRsaSigner that is not an RsaSigner (shape of an HSM / key-store adapter)."""
+
+    def __init__(self, k: RsaPrivateKey) -> None:
+        self._k = k
+        self.size_bytes = k.size_bytes
+
+    def private_op(self, block: bytes) -> bytes:
+        return pow(int.from_bytes(block, "big"), self._k.d, self._k.n).to_bytes(
+            self.size_bytes, "big"
+        )
+
+
+def test_builders_accept_any_raw_signer() -> None:
+    issuer, icc = key(1408), key(1152)
+    args = (176, PAN, "1230", SERIAL, icc.modulus, b"\x03", b"static")
+    cert, remainder = build_icc_certificate(_PowSigner(issuer), *args)
+    # raw RSA is deterministic: the blinded in-process signer gives the same bytes
+    assert (cert, remainder) == build_icc_certificate(signer(1408), *args)
+    got = verify_icc_certificate(cert, issuer.modulus, b"\x03", remainder, b"\x03", b"static")
+    assert got.modulus == icc.modulus
