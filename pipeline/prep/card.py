@@ -524,7 +524,7 @@ class CardPreparer:
             cert = sign_pboc_icc_certificate(
                 self.store,
                 pki.key,
-                pan_field=emv_data.compressed_numeric(record.pan, 10, "pan"),
+                pan=record.pan,
                 expiry_mmyy=expiry,
                 serial=serial,
                 icc_public_key=icc_public,

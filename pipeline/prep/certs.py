@@ -16,11 +16,13 @@ certified key that is not the card's raises
 :class:`~pipeline.errors.CertificateError`, which the preparer turns into a
 reject ``R080 SELF_CHECK_CERT``.
 
-Example (the signed part of a format-14 certificate):
-    >>> body = pboc_icc_certificate_body(bytes.fromhex("6234560000000000017F"), "1228",
-    ...                                  b"\\x00\\x00\\x01", bytes(64))
-    >>> body[:13].hex().upper()
-    '146234560000000000017F1228'
+Example (a stand-in store whose "private operation" echoes the block):
+    >>> from pipeline.keys.model import KeyRef
+    >>> class Echo:
+    ...     def sign(self, key, block): return block
+    >>> signer = StoreRsaSigner(Echo(), KeyRef("demo-issuer-rsa", 1), bytes(176))
+    >>> signer, len(signer.private_op(bytes(176)))
+    (StoreRsaSigner(demo-issuer-rsa@v1, 1408-bit), 176)
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "StoreRsaSigner",
-    "pboc_icc_certificate_body",
     "sign_emv_icc_certificate",
     "sign_pboc_icc_certificate",
     "verify_emv_icc_certificate",
@@ -119,40 +120,11 @@ def verify_emv_icc_certificate(
         raise CertificateError("icc certificate", "certifies a key other than the card's")
 
 
-def pboc_icc_certificate_body(
-    pan_field: bytes, expiry_mmyy: str, serial: bytes, icc_public_key: bytes
-) -> bytes:
-    """Bytes 0..83 of a PBOC format-14 ICC certificate, laid out by ``pboc_certs.LAYOUT``.
-
-    ``pan_field`` is the application PAN F-padded to 10 bytes (``cn``).
-
-    Example:
-        >>> body = pboc_icc_certificate_body(bytes.fromhex("6234560000000000017F"), "1230",
-        ...                                  b"\\x00\\x00\\x01", bytes(64))
-        >>> len(body), body[:1].hex(), body[16:20].hex()
-        (84, '14', '04001140')
-    """
-    variable = {
-        "identifier": pan_field,
-        "expiry": bytes.fromhex(expiry_mmyy),
-        "serial": serial,
-        "public_key": icc_public_key,
-    }
-    parts = []
-    for spec in pboc_certs.LAYOUT[:-1]:  # every field but the signature
-        fixed = spec.value(pboc_certs.CertKind.ICC)
-        value = fixed if fixed is not None else variable[spec.name]
-        if len(value) != spec.size(pboc_certs.CertKind.ICC):
-            raise CertificateError(f"icc certificate {spec.name}", f"{len(value)} bytes")
-        parts.append(value)
-    return b"".join(parts)
-
-
 def sign_pboc_icc_certificate(
     store: KeyStore,
     issuer_key: KeyRef,
     *,
-    pan_field: bytes,
+    pan: str,
     expiry_mmyy: str,
     serial: bytes,
     icc_public_key: bytes,
@@ -162,7 +134,7 @@ def sign_pboc_icc_certificate(
 
     The signature covers the body and the static data (DOMAIN.md 4).
     """
-    body = pboc_icc_certificate_body(pan_field, expiry_mmyy, serial, icc_public_key)
+    body = pboc_certs.icc_certificate_body(pan, expiry_mmyy, serial, icc_public_key)
     signature = store.sign(issuer_key, body + static_data)
     return body + signature
 
