@@ -4,8 +4,8 @@ The issuer private key never leaves the key store.  For RSA the certificate's
 recovered block (``6A || 04 || ... || SHA-1 || BC``, Book 2 Table 14) is
 framed by :func:`pipeline.crypto.emv_certs.build_icc_certificate` and the raw
 private operation is done by ``store.sign(issuer_key, block)``; the adapter
-:class:`StoreRsaSigner` gives the store the shape of an
-:class:`~pipeline.crypto.rsa.RsaSigner` (``size_bytes``, ``private_op``).
+:class:`StoreRsaSigner` gives the store the shape of a
+:class:`~pipeline.crypto.rsa.RawRsaSigner` (``size_bytes``, ``private_op``).
 For SM2 the signed data is the certificate's bytes 0..83 followed by the
 static data to be authenticated (DOMAIN.md 4) and ``store.sign`` returns the
 GB/T 32918.2 signature ``r || s``.
@@ -27,14 +27,13 @@ Example (a stand-in store whose "private operation" echoes the block):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from pipeline.crypto import pboc_certs
 from pipeline.crypto.emv_certs import build_icc_certificate, verify_icc_certificate
 from pipeline.errors import CertificateError
 
 if TYPE_CHECKING:
-    from pipeline.crypto.rsa import RsaSigner
     from pipeline.keys.model import KeyRef
     from pipeline.keys.store import KeyStore
 
@@ -48,7 +47,7 @@ __all__ = [
 
 
 class StoreRsaSigner:
-    """An ``RsaSigner``-shaped adapter whose private operation runs in the key store.
+    """A :class:`~pipeline.crypto.rsa.RawRsaSigner` whose private operation runs in the store.
 
     ``private_op(block)`` is ``store.sign(key, block)``: the raw RSA private
     operation on a block of the modulus length (the store's contract).
@@ -87,7 +86,7 @@ def sign_emv_icc_certificate(
 ) -> tuple[bytes, bytes]:
     """ICC PK certificate (tag 9F46) and remainder (9F48) signed by the store (Book 2 Table 14)."""
     return build_icc_certificate(
-        cast("RsaSigner", signer),
+        signer,
         signer.size_bytes,
         pan,
         expiry_mmyy,
