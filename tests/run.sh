@@ -8,7 +8,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 unset PYTHONDONTWRITEBYTECODE
 
 echo "== ruff"
-ruff check pipeline dags plugins tests bench
+ruff check .
 echo "== mypy --strict pipeline"
 mypy
 echo "== import contracts"
