@@ -190,7 +190,7 @@ def _add_sm2_pki(store: SoftKeyStore, actor: str) -> None:
         issuer_d, actor=actor, mode_of_use="S",
     )  # fmt: skip
     serial = secrets.token_bytes(3)
-    cert = build_pboc_issuer_certificate(ca_d, "629999", DEMO_EXPIRY, serial, issuer_pub)
+    cert = build_pboc_issuer_certificate(ca_d, "623456", DEMO_EXPIRY, serial, issuer_pub)
     store.set_issuer_certificate(
         issuer.ref,
         IssuerCertificateRecord(
