@@ -1,0 +1,283 @@
+"""Retention (DAG ``retention``): purge published batches and their input files after N days.
+
+Issue 6 "retention": inputs and outputs are kept ``retention_days`` (per
+issuer, ``config/issuers/<id>.yaml``, default 30) after *publication*, then
+purged with evidence in the audit trail (PCI DSS v4.0 req. 3.2.1: keep
+cardholder data no longer than the documented retention period, and delete
+it securely when it expires).
+
+What a purge of one batch does, in this order (each step is idempotent, so a
+crash anywhere is finished by the next run):
+
+1. take the batch lock (a forced re-run of the same batch cannot interleave);
+2. append one ``retention.purge`` event to the key store's audit trail
+   (batch id, publication time, age, retention, file count and bytes, the
+   manifest's SHA-256): *fail closed*, nothing is deleted if the audit
+   write fails;
+3. write ``purged.json`` (the same evidence) atomically beside the manifest;
+4. delete the input file, but only if its SHA-256 is the batch's input hash
+   (a different file that reuses the name is left alone);
+5. delete every other file of the batch except ``manifest.json``,
+   ``purged.json``, ``superseded/`` and the lock.
+
+The manifest (counts, hashes, key labels and KCVs: no card data) is kept on
+purpose: it is the evidence of what was prepared, and it keeps the batch
+looking *published*, so a re-delivered copy of the same file is still refused
+as already published instead of producing the same cards twice.
+
+Batches without a manifest (never published, or being prepared) are never
+touched; neither are inbound files whose batch was never published (they
+are reported as ``stale_inputs`` when older than the retention, for a person
+to decide).
+
+Example:
+    >>> is_due("2026-01-01T00:00:00Z", 30, datetime(2026, 2, 1, tzinfo=UTC))
+    True
+    >>> is_due("2026-01-01T00:00:00Z", 31, datetime(2026, 2, 1, tzinfo=UTC))
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, VerificationError
+from pipeline.io.atomic import write_text_atomic
+from pipeline.io.lock import exclusive_lock
+from pipeline.io.paths import BatchPaths, batch_id_for, sha256_file
+from pipeline.keys.settings import Settings
+from pipeline.keys.store import KeyStore
+from pipeline.records.issuers import load_issuer
+from pipeline.steps.audit import audit_batch
+from pipeline.steps.context import BatchSettings, batch_settings, opened_store
+
+__all__ = [
+    "DEFAULT_RETENTION_DAYS",
+    "TOMBSTONE",
+    "is_due",
+    "parse_utc",
+    "purge_batch",
+    "purge_expired",
+]
+
+log = logging.getLogger(__name__)
+
+#: Issue 6: "per issuer, default 30 days after publication".
+DEFAULT_RETENTION_DAYS = 30
+#: The evidence file a purge leaves beside the manifest.
+TOMBSTONE = "purged.json"
+#: What a purge keeps in the batch directory.
+_KEEP = frozenset({"manifest.json", TOMBSTONE, "superseded", ".lock"})
+#: Manifest members that may hold the publication time, most specific first.
+_PUBLISHED_KEYS = ("published_at", "created_at", "created")
+
+
+def parse_utc(stamp: str) -> datetime:
+    """An ISO-8601 UTC time (``Z`` or ``+00:00``) as an aware datetime.
+
+    >>> parse_utc("2026-01-02T03:04:05Z").isoformat()
+    '2026-01-02T03:04:05+00:00'
+    """
+    try:
+        value = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ConfigError("published_at", f"not an ISO-8601 time: {stamp!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def is_due(published_at: str, retention_days: int, now: datetime) -> bool:
+    """True when ``retention_days`` full days have passed since ``published_at``."""
+    if retention_days < 0:
+        raise ConfigError("retention_days", f"must be >= 0, got {retention_days}")
+    return now - parse_utc(published_at) >= timedelta(days=retention_days)
+
+
+def _published_at(manifest: dict[str, Any], path: Path) -> str:
+    for key in _PUBLISHED_KEYS:
+        value = manifest.get(key)
+        if isinstance(value, str) and value:
+            return value
+    raise VerificationError(f"{path} [published_at]", "manifest has no publication time")
+
+
+def _input_of(manifest: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(input path, input SHA-256) as the manifest records them, if it does."""
+    source = manifest.get("input")
+    if isinstance(source, dict):
+        path, digest = source.get("path"), source.get("sha256")
+    else:
+        path, digest = manifest.get("input_path"), manifest.get("input_sha256")
+    return (str(path) if path else None, str(digest) if digest else None)
+
+
+def _files_under(base: Path) -> list[Path]:
+    return [
+        p for p in sorted(base.rglob("*"))
+        if p.is_file() and p.relative_to(base).parts[0] not in _KEEP
+    ]  # fmt: skip
+
+
+def _remove_outputs(base: Path) -> None:
+    for child in sorted(base.iterdir()):
+        if child.name in _KEEP:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _remove_input(path: str | None, digest: str | None) -> bool:
+    if not path or not digest:
+        return False
+    source = Path(path)
+    if not source.is_file() or sha256_file(source) != digest:
+        return False
+    source.unlink()
+    return True
+
+
+def purge_batch(
+    paths: BatchPaths,
+    retention_days: int,
+    now: datetime,
+    store: KeyStore,
+    bs: BatchSettings,
+    *,
+    dry_run: bool = False,
+) -> dict[str, Any] | None:
+    """Purge one published batch if its retention has passed; None when it is kept.
+
+    The returned dict (JSON-able, no card data) is also the content of
+    ``purged.json`` and the details of the audit event.
+    """
+    manifest_path = paths.manifest
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise VerificationError(f"{manifest_path} [manifest]", "not JSON") from None
+    published = _published_at(manifest, manifest_path)
+    if not is_due(published, retention_days, now):
+        return None
+    input_path, input_sha = _input_of(manifest)
+    files = _files_under(paths.base)
+    evidence: dict[str, Any] = {
+        "issuer": paths.issuer,
+        "batch_id": paths.batch_id,
+        "published_at": published,
+        "purged_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "retention_days": retention_days,
+        "age_days": (now - parse_utc(published)).days,
+        "files": len(files),
+        "bytes": sum(p.stat().st_size for p in files),
+        "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+        "input_sha256": input_sha,
+        "input_name": Path(input_path).name if input_path else None,
+    }
+    if dry_run:
+        return {**evidence, "dry_run": True}
+    with exclusive_lock(paths.lock, f"retention of batch {paths.batch_id}"):
+        tombstone = paths.base / TOMBSTONE
+        if not tombstone.exists():
+            details = {k: v for k, v in evidence.items() if k != "batch_id"}
+            audit_batch(store, bs.actor, "retention.purge", paths.batch_id, **details)
+            write_text_atomic(tombstone, json.dumps(evidence, indent=2, sort_keys=True) + "\n")
+        evidence["input_removed"] = _remove_input(input_path, input_sha)
+        _remove_outputs(paths.base)
+    log.info(
+        "retention: batch %s of %s purged (%d files, %d bytes, published %s, %d days)",
+        paths.batch_id, paths.issuer, evidence["files"], evidence["bytes"], published,
+        retention_days,
+    )  # fmt: skip
+    return evidence
+
+
+def _retention_days(issuer: str, bs: BatchSettings, default: int) -> int:
+    try:
+        return load_issuer(issuer, bs.config_dir).retention_days
+    except ConfigError:
+        log.warning("retention: no config for issuer %s; using %d days", issuer, default)
+        return default
+
+
+def _stale_inputs(issuer: str, bs: BatchSettings, days: int, now: datetime) -> list[str]:
+    try:
+        inbound = bs.inbound(issuer, load_issuer(issuer, bs.config_dir).inbound)
+    except ConfigError:
+        return []
+    if not inbound.is_dir():
+        return []
+    stale = []
+    for path in sorted(p for p in inbound.iterdir() if p.is_file()):
+        modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        if now - modified < timedelta(days=days):
+            continue
+        if not bs.paths(issuer, batch_id_for(sha256_file(path))).manifest.exists():
+            stale.append(path.name)
+    return stale
+
+
+def purge_expired(
+    settings: Settings,
+    *,
+    store: KeyStore | None = None,
+    now: datetime | None = None,
+    issuers: Sequence[str] | None = None,
+    dry_run: bool = False,
+    default_retention_days: int = DEFAULT_RETENTION_DAYS,
+) -> dict[str, Any]:
+    """The ``retention`` task: purge every published batch past its issuer's retention.
+
+    Returns ``{"purged": [...evidence], "kept": n, "already_purged": n,
+    "unpublished": [batch ids],
+    "stale_inputs": {issuer: [file names]}, "dry_run": bool, "now": iso}``.
+    """
+    moment = now or datetime.now(UTC)
+    bs = batch_settings(settings)
+    root = bs.storage_root / "batches"
+    chosen = sorted(issuers) if issuers is not None else (
+        sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    )  # fmt: skip
+    purged: list[dict[str, Any]] = []
+    unpublished: list[str] = []
+    stale: dict[str, list[str]] = {}
+    kept = already = 0
+    with opened_store(settings, store) as ks:
+        for issuer in chosen:
+            days = _retention_days(issuer, bs, default_retention_days)
+            issuer_dir = root / issuer
+            batch_dirs = sorted(p for p in issuer_dir.iterdir() if p.is_dir()) if (
+                issuer_dir.is_dir()
+            ) else []  # fmt: skip
+            for batch_dir in batch_dirs:
+                paths = bs.paths(issuer, batch_dir.name)
+                if not paths.manifest.exists():
+                    unpublished.append(f"{issuer}/{batch_dir.name}")
+                    continue
+                if (batch_dir / TOMBSTONE).exists() and not _files_under(batch_dir):
+                    already += 1
+                    continue
+                done = purge_batch(paths, days, moment, ks, bs, dry_run=dry_run)
+                if done is None:
+                    kept += 1
+                else:
+                    purged.append(done)
+            if found := _stale_inputs(issuer, bs, days, moment):
+                stale[issuer] = found
+    return {
+        "now": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "dry_run": dry_run,
+        "purged": purged,
+        "kept": kept,
+        "already_purged": already,
+        "unpublished": unpublished,
+        "stale_inputs": stale,
+    }
