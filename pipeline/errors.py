@@ -151,3 +151,11 @@ class InputFileCheckError(InputFileError):
         self.path = path
         self.check = check
         super().__init__(f"{path} [{check}]", detail)
+
+
+class KeyPoolError(KeyStoreError):
+    """The ICC key pool refused or failed an operation (bad entry, wrong storage key)."""
+
+
+class KeyPoolEmptyError(KeyPoolError):
+    """The ICC key pool has no free entry for the asked spec and the profile says fail."""
