@@ -75,8 +75,9 @@ DEFAULT_RETENTION_DAYS = 30
 TOMBSTONE = "purged.json"
 #: What a purge keeps in the batch directory.
 _KEEP = frozenset({"manifest.json", TOMBSTONE, "superseded", ".lock"})
-#: Manifest members that may hold the publication time, most specific first.
-_PUBLISHED_KEYS = ("published_at", "created_at", "created")
+#: Manifest members that may hold the publication time (publish writes ``created_at``
+#: last, just before the manifest itself).
+_PUBLISHED_KEYS = ("published_at", "created_at")
 
 
 def parse_utc(stamp: str) -> datetime:
@@ -107,14 +108,15 @@ def _published_at(manifest: dict[str, Any], path: Path) -> str:
     raise VerificationError(f"{path} [published_at]", "manifest has no publication time")
 
 
-def _input_of(manifest: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(input path, input SHA-256) as the manifest records them, if it does."""
+def _input_of(manifest: dict[str, Any], inbound: Path | None) -> tuple[Path | None, str | None]:
+    """(input file, its SHA-256) as the manifest records them: ``input.name`` in ``inbound``."""
     source = manifest.get("input")
-    if isinstance(source, dict):
-        path, digest = source.get("path"), source.get("sha256")
-    else:
-        path, digest = manifest.get("input_path"), manifest.get("input_sha256")
-    return (str(path) if path else None, str(digest) if digest else None)
+    if not isinstance(source, dict):
+        return None, None
+    name, digest = source.get("name"), source.get("sha256")
+    if not name or not digest or inbound is None or Path(str(name)).name != name:
+        return None, str(digest) if digest else None
+    return inbound / str(name), str(digest)
 
 
 def _files_under(base: Path) -> list[Path]:
@@ -134,10 +136,9 @@ def _remove_outputs(base: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-def _remove_input(path: str | None, digest: str | None) -> bool:
-    if not path or not digest:
+def _remove_input(source: Path | None, digest: str | None) -> bool:
+    if source is None or not digest:
         return False
-    source = Path(path)
     if not source.is_file() or sha256_file(source) != digest:
         return False
     source.unlink()
@@ -151,12 +152,15 @@ def purge_batch(
     store: KeyStore,
     bs: BatchSettings,
     *,
+    inbound: Path | None = None,
     dry_run: bool = False,
 ) -> dict[str, Any] | None:
     """Purge one published batch if its retention has passed; None when it is kept.
 
-    The returned dict (JSON-able, no card data) is also the content of
-    ``purged.json`` and the details of the audit event.
+    ``inbound`` is the issuer's inbound folder, where the manifest's
+    ``input.name`` is looked for.  The returned dict (JSON-able, no card
+    data) is also the content of ``purged.json`` and the details of the
+    audit event.
     """
     manifest_path = paths.manifest
     raw = manifest_path.read_bytes()
@@ -167,7 +171,7 @@ def purge_batch(
     published = _published_at(manifest, manifest_path)
     if not is_due(published, retention_days, now):
         return None
-    input_path, input_sha = _input_of(manifest)
+    input_path, input_sha = _input_of(manifest, inbound)
     files = _files_under(paths.base)
     evidence: dict[str, Any] = {
         "issuer": paths.issuer,
@@ -180,7 +184,7 @@ def purge_batch(
         "bytes": sum(p.stat().st_size for p in files),
         "manifest_sha256": hashlib.sha256(raw).hexdigest(),
         "input_sha256": input_sha,
-        "input_name": Path(input_path).name if input_path else None,
+        "input_name": input_path.name if input_path else None,
     }
     if dry_run:
         return {**evidence, "dry_run": True}
@@ -200,20 +204,20 @@ def purge_batch(
     return evidence
 
 
-def _retention_days(issuer: str, bs: BatchSettings, default: int) -> int:
+def _issuer_policy(issuer: str, bs: BatchSettings, default: int) -> tuple[int, Path | None]:
+    """(retention days, inbound folder) of ``issuer``; the default days without a config."""
     try:
-        return load_issuer(issuer, bs.config_dir).retention_days
+        cfg = load_issuer(issuer, bs.config_dir)
     except ConfigError:
         log.warning("retention: no config for issuer %s; using %d days", issuer, default)
-        return default
+        return default, None
+    return cfg.retention_days, bs.inbound(issuer, cfg.inbound)
 
 
-def _stale_inputs(issuer: str, bs: BatchSettings, days: int, now: datetime) -> list[str]:
-    try:
-        inbound = bs.inbound(issuer, load_issuer(issuer, bs.config_dir).inbound)
-    except ConfigError:
-        return []
-    if not inbound.is_dir():
+def _stale_inputs(
+    issuer: str, inbound: Path | None, bs: BatchSettings, days: int, now: datetime
+) -> list[str]:
+    if inbound is None or not inbound.is_dir():
         return []
     stale = []
     for path in sorted(p for p in inbound.iterdir() if p.is_file()):
@@ -252,7 +256,7 @@ def purge_expired(
     kept = already = 0
     with opened_store(settings, store) as ks:
         for issuer in chosen:
-            days = _retention_days(issuer, bs, default_retention_days)
+            days, inbound = _issuer_policy(issuer, bs, default_retention_days)
             issuer_dir = root / issuer
             batch_dirs = sorted(p for p in issuer_dir.iterdir() if p.is_dir()) if (
                 issuer_dir.is_dir()
@@ -265,12 +269,14 @@ def purge_expired(
                 if (batch_dir / TOMBSTONE).exists() and not _files_under(batch_dir):
                     already += 1
                     continue
-                done = purge_batch(paths, days, moment, ks, bs, dry_run=dry_run)
+                done = purge_batch(
+                    paths, days, moment, ks, bs, inbound=inbound, dry_run=dry_run
+                )
                 if done is None:
                     kept += 1
                 else:
                     purged.append(done)
-            if found := _stale_inputs(issuer, bs, days, moment):
+            if found := _stale_inputs(issuer, inbound, bs, days, moment):
                 stale[issuer] = found
     return {
         "now": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -60,8 +60,8 @@ def _batch(settings: Settings, name: str, content: bytes, published: datetime | 
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         (base / rel).write_bytes(b"sealed data")
     if published is not None:
-        manifest = {"batch_id": base.name, "published_at": published.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "input": {"path": str(source), "sha256": digest}}  # fmt: skip
+        manifest = {"batch_id": base.name, "created_at": published.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "input": {"name": source.name, "sha256": digest}}  # fmt: skip
         (base / "manifest.json").write_text(json.dumps(manifest))
     return source, base
 
