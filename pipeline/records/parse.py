@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from enum import Enum
+from operator import itemgetter
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -227,15 +228,27 @@ class _Reader:
         yield _HEADER, self._line(first, 1)
         held: _Line | None = None
         line_no = 1
+        readline, limit, file_hasher = self.stream.readline, self.limit, self.file_hasher
+        commit = self.detail_hasher is not None
+        ending, cut = self.ending, len(self.ending or b"")
         while True:
-            raw = self._read()
+            raw = readline(limit)
             if not raw:
                 break
+            self.size += len(raw)
+            if file_hasher is not None:
+                file_hasher.update(raw)
             line_no += 1
             if held is not None:
-                self._commit(held)
+                if commit:
+                    self._commit(held)
                 yield _DETAIL, held
-            held = self._line(raw, line_no)
+            # Fast path: the file's line ending and nothing else (LF must not be CRLF).
+            if ending is not None and raw.endswith(ending) and (cut == 2 or raw[-2:-1] != b"\r"):
+                held = _Line(line_no, raw[:-cut], False)
+            else:
+                held = self._line(raw, line_no)
+                ending, cut = self.ending, len(self.ending or b"")
         if held is None:
             raise self.fail(Check.TRAILER_MISSING, "the file has a header line only")
         yield _TRAILER, held
@@ -262,6 +275,8 @@ class _Codec:
         if self.fmt is FileFormat.FIXED:
             self.rt_slice = (rt.slice_start, rt.slice_end)
             self.slices = tuple((f.name, f.slice_start, f.slice_end) for f in layout.detail.fields)
+            self.names = tuple(f.name for f in layout.detail.fields)
+            self.getter = itemgetter(*(slice(a, b) for _, a, b in self.slices))
         elif self.fmt is FileFormat.CSV:
             self.rt_col = (rt.column or 1) - 1
             self.columns = tuple((f.name, (f.column or 1) - 1) for f in layout.detail.fields)
@@ -277,6 +292,16 @@ class _Codec:
     def detail(self, line: _Line) -> RawRecord:
         """Decode a detail line; never raises for bad content."""
         content = line.content
+        if self.fmt is FileFormat.FIXED and content.isascii() and not line.overlong:
+            # Fast path: printable ASCII (so str.rstrip only removes spaces), right
+            # length, detail marker.  Anything else takes the diagnosing path below.
+            text = content.decode("ascii")
+            s, e = self.rt_slice
+            if (text.isprintable() and len(text) == self.layout.record_length
+                    and text[s:e] == self.detail_marker):
+                return RawRecord(line.line_no,
+                                 dict(zip(self.names, map(str.rstrip, self.getter(text)),
+                                          strict=True)))
         bad = _BAD_BYTE.search(content)
         if bad is not None:
             return self._problem(line, RejectReason.CHARSET, self._field_at(bad.start()),
