@@ -153,6 +153,10 @@ class InputFileCheckError(InputFileError):
         super().__init__(f"{path} [{check}]", detail)
 
 
+class BatchLockedError(PublishError):
+    """Another run holds the batch (or shard) lock: this run refuses or gave up waiting."""
+
+
 class KeyPoolError(KeyStoreError):
     """The ICC key pool refused or failed an operation (bad entry, wrong storage key)."""
 

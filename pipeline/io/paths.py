@@ -4,12 +4,13 @@ DESIGN.md principle 3: outputs are partitioned by batch id, and the manifest is
 written last as the commit marker.  A batch directory looks like::
 
     <root>/batches/<issuer>/<batch_id>/
-        staging/shard-00000.arrow.sealed   valid input records, sealed
+        staging/segment-00000.sealed       valid input records (Arrow IPC), sealed
         staging/rejects-parse.parquet      validation rejects (no PAN)
+        staging/parsed.json                the parse step's result (resume marker)
         parts/part-00000.parquet           prepared cards of shard 0 (card data sealed)
         parts/part-00000.rejects.parquet   per-shard rejects (self-checks, key store)
         bureau/<batch_id>.cps              the personalization file (sealed body)
-        rejects.csv                        all rejects, masked PANs only
+        rejects.parquet, rejects.csv       all rejects, masked PANs only
         manifest.json                      commit marker, MACed
         report.json, report.html           batch report
 
@@ -62,6 +63,15 @@ class BatchPaths:
     def staged_shard(self, index: int) -> Path:
         return self.staging / f"shard-{index:05d}.arrow.sealed"
 
+    def staged_segment(self, index: int) -> Path:
+        """Sealed Arrow IPC of valid records ``index * segment_size ..``."""
+        return self.staging / f"segment-{index:05d}.sealed"
+
+    @property
+    def parsed_state(self) -> Path:
+        """The parse step's result, written last: a re-run resumes from it."""
+        return self.staging / "parsed.json"
+
     @property
     def parse_rejects(self) -> Path:
         return self.staging / "rejects-parse.parquet"
@@ -75,6 +85,19 @@ class BatchPaths:
 
     def part_rejects(self, index: int) -> Path:
         return self.parts / f"part-{index:05d}.rejects.parquet"
+
+    def part_lock(self, index: int) -> Path:
+        """Lock file of one shard (two runs never prepare the same shard at once)."""
+        return self.parts / f".part-{index:05d}.lock"
+
+    @property
+    def rejects_parquet(self) -> Path:
+        return self.base / "rejects.parquet"
+
+    @property
+    def superseded(self) -> Path:
+        """Where a forced re-run moves the previous manifest (evidence, not output)."""
+        return self.base / "superseded"
 
     @property
     def bureau_file(self) -> Path:

@@ -269,9 +269,7 @@ def purge_expired(
                 if (batch_dir / TOMBSTONE).exists() and not _files_under(batch_dir):
                     already += 1
                     continue
-                done = purge_batch(
-                    paths, days, moment, ks, bs, inbound=inbound, dry_run=dry_run
-                )
+                done = purge_batch(paths, days, moment, ks, bs, inbound=inbound, dry_run=dry_run)
                 if done is None:
                     kept += 1
                 else:

@@ -1,0 +1,342 @@
+"""Card data at rest and the bureau personalization file (docs/OUTPUT.md).
+
+**Card data** (``card_data`` in the Parquet parts, and the last field of each
+``D`` record of the bureau file) is one card's DGI list, sealed by the key
+store (:mod:`pipeline.io.sealed`, kind ``card``; the clear header binds the
+batch id, input line and product).  Inside the seal the DGIs are, in
+personalization order::
+
+    DGI id (2 bytes) || flags (1 byte: 01 = value encrypted under the TK) ||
+    length (2 bytes, big-endian) || value
+
+Secret DGIs (card keys, ICC private key, PIN, CVV) are *also* under the TK
+(EMV CPS 1.1 section 4.3) inside the seal, exactly as STORE DATA carries them.
+
+**Bureau personalization file** ``bureau/<batch_id>.cps``: ASCII text, one
+record per line (LF), fields separated by ``|``::
+
+    H|CARDPREP-PERSO|1|<batch id>|<issuer>|<cards>|<created_at>|<seal key>|<seal KCV>|<TKs>
+    D|<seq>|<input line>|<product>|<masked PAN>|<TK>|<DGI list>|<sealed card, base64>
+    ...
+    T|<cards>|<SHA-256 hex of every D line, LF included, in order>
+
+``<TKs>`` is a comma list of ``label@vN:KCV``; ``<DGI list>`` is a comma list
+of 4-hex DGI ids in STORE DATA order, an ``E`` suffix marking the encrypted
+ones (``0101,...,8000E,9000``).  A file without its trailer, or whose count
+or hash differs, is incomplete: :func:`read_bureau_file` refuses it.
+
+Example:
+    >>> from pipeline.records.dgi import Dgi
+    >>> blob = encode_card_dgis([Dgi(0x9000, b"\\x01\\x02\\x03"), Dgi(0x8000, b"K" * 16, True)])
+    >>> blob[:8].hex().upper()
+    '9000000003010203'
+    >>> [(d.id, d.encrypted) for d in decode_card_dgis(blob)]
+    [(36864, False), (32768, True)]
+    >>> dgi_list([Dgi(0x0101, b"p"), Dgi(0x8000, b"K" * 16, True)])
+    '0101,8000E'
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from pipeline.errors import InvalidInputError, VerificationError
+from pipeline.io.atomic import atomic_writer
+from pipeline.io.sealed import open_sealed, seal
+from pipeline.keys.model import KeyRef
+from pipeline.keys.store import KeyStore
+from pipeline.records.dgi import Dgi
+
+__all__ = [
+    "BUREAU_FORMAT",
+    "BUREAU_VERSION",
+    "CARD_KIND",
+    "BureauCard",
+    "BureauFileWriter",
+    "BureauHeader",
+    "decode_card_dgis",
+    "dgi_list",
+    "encode_card_dgis",
+    "open_card",
+    "parse_dgi_list",
+    "read_bureau_file",
+    "seal_card",
+]
+
+CARD_KIND = "card"
+BUREAU_FORMAT = "CARDPREP-PERSO"
+BUREAU_VERSION = "1"
+FLAG_ENCRYPTED = 0x01
+_SEP = "|"
+
+
+def encode_card_dgis(dgis: Iterable[Dgi]) -> bytes:
+    """The clear card payload: ``id || flags || len(2) || value`` per DGI."""
+    out = bytearray()
+    for d in dgis:
+        if len(d.value) > 0xFFFF:
+            raise InvalidInputError(f"dgi {d.id:04X}", f"{len(d.value)} bytes exceeds 65535")
+        out += d.id.to_bytes(2, "big")
+        out.append(FLAG_ENCRYPTED if d.encrypted else 0)
+        out += len(d.value).to_bytes(2, "big")
+        out += d.value
+    return bytes(out)
+
+
+def decode_card_dgis(data: bytes) -> list[Dgi]:
+    """Inverse of :func:`encode_card_dgis`; InvalidInputError on truncation or unknown flags."""
+    out: list[Dgi] = []
+    offset = 0
+    while offset < len(data):
+        if offset + 5 > len(data):
+            raise InvalidInputError("card data", f"offset {offset}: truncated DGI header")
+        dgi = int.from_bytes(data[offset : offset + 2], "big")
+        flags = data[offset + 2]
+        if flags & ~FLAG_ENCRYPTED:
+            raise InvalidInputError("card data", f"DGI {dgi:04X}: unknown flags {flags:02X}")
+        length = int.from_bytes(data[offset + 3 : offset + 5], "big")
+        end = offset + 5 + length
+        if end > len(data):
+            raise InvalidInputError("card data", f"DGI {dgi:04X} runs past the end")
+        out.append(Dgi(dgi, data[offset + 5 : end], bool(flags & FLAG_ENCRYPTED)))
+        offset = end
+    return out
+
+
+def dgi_list(dgis: Iterable[Dgi]) -> str:
+    """Comma list of DGI ids, ``E`` marking encrypted ones (the bureau file's DGI field)."""
+    return ",".join(f"{d.id:04X}{'E' if d.encrypted else ''}" for d in dgis)
+
+
+def parse_dgi_list(text: str) -> list[tuple[int, bool]]:
+    """Inverse of :func:`dgi_list`: ``[(id, encrypted), ...]``.
+
+    Example:
+        >>> parse_dgi_list("0101,8000E")
+        [(257, False), (32768, True)]
+    """
+    out: list[tuple[int, bool]] = []
+    for item in text.split(",") if text else []:
+        encrypted = item.endswith("E") and len(item) == 5
+        ident = item[:4]
+        if len(item) != (5 if encrypted else 4):
+            raise InvalidInputError("dgi list", f"bad entry {item!r}")
+        try:
+            out.append((int(ident, 16), encrypted))
+        except ValueError:
+            raise InvalidInputError("dgi list", f"bad entry {item!r}") from None
+    return out
+
+
+def seal_card(
+    store: KeyStore, key: KeyRef, *, batch_id: str, line_no: int, product: str, dgis: Sequence[Dgi]
+) -> bytes:
+    """Seal one card's DGIs (kind ``card``), bound to batch, input line and product."""
+    header = {"batch_id": batch_id, "line_no": line_no, "product": product}
+    return seal(store, key, CARD_KIND, header, encode_card_dgis(dgis))
+
+
+def open_card(
+    store: KeyStore, blob: bytes, *, batch_id: str, line_no: int, where: str
+) -> tuple[str, list[Dgi]]:
+    """Open a sealed card; check its binding; return (product, DGIs)."""
+    header, payload = open_sealed(store, blob, CARD_KIND, where)
+    if header.get("batch_id") != batch_id or header.get("line_no") != line_no:
+        raise VerificationError(
+            f"{where} [card binding]",
+            f"sealed for batch {header.get('batch_id')} line {header.get('line_no')}, "
+            f"found at batch {batch_id} line {line_no}",
+        )
+    try:
+        return str(header.get("product")), decode_card_dgis(payload)
+    except InvalidInputError as exc:
+        raise VerificationError(f"{where} [card data]", str(exc)) from None
+
+
+# --- the bureau file -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BureauHeader:
+    """The ``H`` record (no cardholder data)."""
+
+    batch_id: str
+    issuer: str
+    cards: int
+    created_at: str
+    seal_key: str
+    seal_kcv: str
+    tks: tuple[tuple[str, str], ...]  # (label@vN, KCV)
+
+    def line(self) -> str:
+        """The header line without its LF."""
+        tks = ",".join(f"{ref}:{kcv}" for ref, kcv in self.tks)
+        return _SEP.join(
+            ["H", BUREAU_FORMAT, BUREAU_VERSION, self.batch_id, self.issuer, str(self.cards),
+             self.created_at, self.seal_key, self.seal_kcv, tks]
+        )  # fmt: skip
+
+    @classmethod
+    def parse(cls, line: str, where: str) -> BureauHeader:
+        """Parse an ``H`` line (VerificationError naming ``where``)."""
+        parts = line.split(_SEP)
+        if len(parts) != 10 or parts[0] != "H" or parts[1] != BUREAU_FORMAT:
+            raise VerificationError(f"{where} [header]", "not a CARDPREP-PERSO header")
+        if parts[2] != BUREAU_VERSION:
+            raise VerificationError(f"{where} [header]", f"version {parts[2]!r} unsupported")
+        try:
+            tks = tuple(
+                (item.rsplit(":", 1)[0], item.rsplit(":", 1)[1])
+                for item in parts[9].split(",")
+                if item
+            )
+            return cls(parts[3], parts[4], int(parts[5]), parts[6], parts[7], parts[8], tks)
+        except (ValueError, IndexError):
+            raise VerificationError(f"{where} [header]", "malformed header fields") from None
+
+
+@dataclass(frozen=True, slots=True)
+class BureauCard:
+    """One ``D`` record: the card's sealed DGIs and their clear ids/flags."""
+
+    seq: int
+    line_no: int
+    product: str
+    masked_pan: str
+    tk: str
+    dgis: tuple[tuple[int, bool], ...]
+    sealed: bytes
+
+    def line(self) -> str:
+        """The record line without its LF."""
+        ids = ",".join(f"{i:04X}{'E' if e else ''}" for i, e in self.dgis)
+        data = base64.b64encode(self.sealed).decode("ascii")
+        return _SEP.join(
+            ["D", str(self.seq), str(self.line_no), self.product, self.masked_pan, self.tk, ids,
+             data]
+        )  # fmt: skip
+
+
+class BureauFileWriter:
+    """Streams the bureau file to a temporary name; the rename happens in :meth:`close`.
+
+    Use as a context manager; an exception discards the partial file.
+    """
+
+    def __init__(self, path: Path, header: BureauHeader) -> None:
+        self.path = path
+        self.header = header
+        self._ctx = atomic_writer(path)
+        self._fh: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
+        self.count = 0
+
+    def __enter__(self) -> BureauFileWriter:
+        self._fh = self._ctx.__enter__()
+        self._fh.write(self.header.line().encode("ascii") + b"\n")
+        return self
+
+    def write(self, card: BureauCard) -> None:
+        """Append one ``D`` record (``seq`` must be the next number)."""
+        assert self._fh is not None
+        if card.seq != self.count + 1:
+            raise InvalidInputError("seq", f"expected {self.count + 1}, got {card.seq}")
+        data = card.line().encode("ascii") + b"\n"
+        self._digest.update(data)
+        self._fh.write(data)
+        self.count += 1
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._fh is not None
+        if exc is None and self.count != self.header.cards:
+            err = VerificationError(
+                f"{self.path} [count]",
+                f"header says {self.header.cards} cards, {self.count} written",
+            )
+            self._ctx.__exit__(VerificationError, err, None)  # discards the temporary file
+            raise err
+        if exc is None:
+            trailer = f"T{_SEP}{self.count}{_SEP}{self._digest.hexdigest()}\n"
+            self._fh.write(trailer.encode("ascii"))
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
+    """Open a bureau file: (header, iterator of cards).
+
+    The iterator checks sequence numbers and, at the end, the trailer's count
+    and hash; any failure raises :class:`VerificationError` naming the file
+    and the check.
+    """
+    where = str(path)
+    fh = path.open("rb")
+    first = fh.readline()
+    try:
+        header = BureauHeader.parse(first.rstrip(b"\n").decode("ascii"), where)
+    except (UnicodeDecodeError, VerificationError):
+        fh.close()
+        raise VerificationError(f"{where} [header]", "not a CARDPREP-PERSO file") from None
+
+    def cards() -> Iterator[BureauCard]:
+        digest = hashlib.sha256()
+        seq = 0
+        with fh:
+            for raw in fh:
+                if not raw.endswith(b"\n"):
+                    raise VerificationError(f"{where} [truncated]", "last line has no LF")
+                text = raw[:-1].decode("ascii", errors="replace")
+                if text.startswith("T" + _SEP):
+                    _check_trailer(text, seq, digest.hexdigest(), header, where)
+                    if fh.read(1):
+                        raise VerificationError(f"{where} [trailer]", "data after the trailer")
+                    return
+                digest.update(raw)
+                seq += 1
+                yield _parse_card(text, seq, where)
+        raise VerificationError(f"{where} [trailer]", "missing: the file is incomplete")
+
+    return header, cards()
+
+
+def _check_trailer(text: str, seq: int, digest: str, header: BureauHeader, where: str) -> None:
+    parts = text.split(_SEP)
+    if len(parts) != 3:
+        raise VerificationError(f"{where} [trailer]", "malformed trailer")
+    if parts[1] != str(seq) or seq != header.cards:
+        raise VerificationError(
+            f"{where} [count]", f"header {header.cards}, trailer {parts[1]}, records {seq}"
+        )
+    if parts[2] != digest:
+        raise VerificationError(f"{where} [hash]", "trailer hash differs from the records")
+
+
+def _parse_card(text: str, seq: int, where: str) -> BureauCard:
+    parts = text.split(_SEP)
+    if len(parts) != 8 or parts[0] != "D":
+        raise VerificationError(f"{where} [record {seq}]", "not a D record of 8 fields")
+    try:
+        if int(parts[1]) != seq:
+            raise VerificationError(f"{where} [record {seq}]", f"sequence number {parts[1]}")
+        return BureauCard(
+            seq=seq,
+            line_no=int(parts[2]),
+            product=parts[3],
+            masked_pan=parts[4],
+            tk=parts[5],
+            dgis=tuple(parse_dgi_list(parts[6])),
+            sealed=base64.b64decode(parts[7], validate=True),
+        )
+    except (ValueError, InvalidInputError, binascii.Error) as exc:
+        raise VerificationError(f"{where} [record {seq}]", f"malformed ({exc})") from None

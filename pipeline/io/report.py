@@ -1,0 +1,146 @@
+"""The batch report, JSON and HTML, written beside the output (issue 5 "Output").
+
+Counts per product, reject reasons, timings and throughput, and the keys used
+(label, version, KCV).  The report is built from the sealed manifest and the
+step timings only: it never sees a PAN or a key.  The HTML is one
+self-contained page (inline CSS, every value escaped).
+
+Example:
+    >>> report = {"batch_id": "00ab12cd34ef5678", "issuer": "demo",
+    ...           "counts": {"in": 3, "prepared": 2, "rejected": 1},
+    ...           "per_product": {"p": {"in": 3, "prepared": 2, "rejected": 1}},
+    ...           "reasons": [{"code": "R001", "reason": "PAN_LUHN", "count": 1}],
+    ...           "timings": {"prepare_seconds": 1.0}, "keys": [], "files": []}
+    >>> "<td>R001</td>" in render_html(report)
+    True
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.io.atomic import write_text_atomic
+from pipeline.records.reasons import RejectReason
+
+__all__ = ["reason_rows", "render_html", "write_report"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:0 0 1.5em}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+th{background:#f0f0f0} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#070}.bad{color:#a00}
+"""
+
+
+def reason_rows(per_reason: Mapping[str, int]) -> list[dict[str, Any]]:
+    """``{code: n}`` -> rows with the reason's name, sorted by code.
+
+    Example:
+        >>> reason_rows({"R050": 2})
+        [{'code': 'R050', 'reason': 'DUPLICATE_CARD', 'count': 2}]
+    """
+    rows = []
+    for code, count in sorted(per_reason.items()):
+        try:
+            name = RejectReason(code).name
+        except ValueError:
+            name = "UNKNOWN"
+        rows.append({"code": code, "reason": name, "count": int(count)})
+    return rows
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(headers: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    numeric = numeric or set()
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="n">{_e(v)}</td>' if i in numeric else f"<td>{_e(v)}</td>"
+            for i, v in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The report as one HTML page."""
+    counts = report.get("counts", {})
+    balanced = counts.get("in") == counts.get("prepared", 0) + counts.get("rejected", 0)
+    status = (
+        '<p class="ok">records in = prepared + rejected</p>'
+        if balanced
+        else '<p class="bad">RECONCILIATION FAILED</p>'
+    )
+    products = report.get("per_product", {})
+    timings = report.get("timings", {})
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>cardprep batch {_e(report.get('batch_id'))}</title><style>{_CSS}</style>",
+        "</head><body>",
+        f"<h1>Batch {_e(report.get('batch_id'))}</h1>",
+        _table(
+            ["issuer", "input", "input SHA-256", "created", "manifest MAC key"],
+            [
+                [
+                    report.get("issuer"),
+                    report.get("input", {}).get("name"),
+                    report.get("input", {}).get("sha256"),
+                    report.get("created_at"),
+                    f"{report.get('manifest_mac', {}).get('key')} "
+                    f"kcv={report.get('manifest_mac', {}).get('kcv')}",
+                ]
+            ],
+        ),
+        "<h2>Counts</h2>",
+        status,
+        _table(
+            ["product", "in", "prepared", "rejected"],
+            [[p, c.get("in"), c.get("prepared"), c.get("rejected")] for p, c in products.items()]
+            + [["total", counts.get("in"), counts.get("prepared"), counts.get("rejected")]],
+            {1, 2, 3},
+        ),
+        "<h2>Reject reasons</h2>",
+        _table(
+            ["code", "reason", "count"],
+            [[r["code"], r["reason"], r["count"]] for r in report.get("reasons", [])],
+            {2},
+        ),
+        "<h2>Timings and throughput</h2>",
+        _table(["measure", "value"], [[k, v] for k, v in timings.items()], {1}),
+        "<h2>Keys used</h2>",
+        _table(
+            ["label", "version", "KCV", "used as"],
+            [
+                [k.get("label"), k.get("version"), k.get("kcv"), ", ".join(k.get("roles", []))]
+                for k in report.get("keys", [])
+            ],
+        ),
+        "<h2>Files</h2>",
+        _table(
+            ["path", "kind", "rows", "bytes", "SHA-256"],
+            [
+                [f.get("path"), f.get("kind"), f.get("rows", ""), f.get("size"), f.get("sha256")]
+                for f in report.get("files", [])
+            ],
+            {2, 3},
+        ),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(json_path: Path, html_path: Path, report: Mapping[str, Any]) -> None:
+    """Write ``report.json`` and ``report.html`` atomically."""
+    write_text_atomic(json_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(html_path, render_html(report))

@@ -1,0 +1,51 @@
+"""Step 1a (DAG task ``detect``): which issuer files are waiting to be prepared.
+
+DESIGN.md "The batch, step by step" 1: a file lands in the issuer's inbound
+directory; the batch id comes from its SHA-256, so a file whose batch is
+already published is not offered again.
+
+Example:
+    >>> detect("demo", load_settings())          # doctest: +SKIP
+    ['var/demo/inbound/demo/demo-20250115.dat']
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.io.paths import batch_id_for, sha256_file
+from pipeline.keys.settings import Settings
+from pipeline.records.issuers import load_issuer
+from pipeline.steps.context import batch_settings
+
+__all__ = ["IGNORED_SUFFIXES", "detect"]
+
+log = logging.getLogger(__name__)
+
+#: Files in an inbound directory that are never issuer files.
+IGNORED_SUFFIXES: tuple[str, ...] = (".tmp", ".part", ".expected.json", ".sha256", ".lock")
+
+
+def _candidate(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and not name.startswith(".") and not name.endswith(IGNORED_SUFFIXES)
+
+
+def detect(issuer: str, settings: Settings) -> list[str]:
+    """Paths (str, sorted) of the issuer's inbound files whose batch is not yet published."""
+    bs = batch_settings(settings)
+    cfg = load_issuer(issuer, bs.config_dir)
+    inbound = bs.inbound(issuer, cfg.inbound)
+    if not inbound.is_dir():
+        log.info("detect: issuer %s has no inbound directory %s", issuer, inbound)
+        return []
+    waiting: list[str] = []
+    for path in sorted(p for p in inbound.iterdir() if _candidate(p)):
+        batch_id = batch_id_for(sha256_file(path))
+        if bs.paths(issuer, batch_id).manifest.exists():
+            log.info("detect: %s is batch %s, already published", path.name, batch_id)
+            continue
+        waiting.append(str(path))
+    log.info("detect: issuer %s, %d file(s) waiting", issuer, len(waiting))
+    return waiting

@@ -1,0 +1,269 @@
+"""Step 1-2 (DAG task ``verify_and_parse``): check the file, validate records, stage the valid ones.
+
+DESIGN.md "The batch, step by step" 1-2 and issue 5 "Validation and rejects":
+
+1. :func:`pipeline.records.parse.verify_file` checks header, trailer count and
+   hash total *before any cryptography*; the batch id is the first 16 hex of
+   the file's SHA-256 (:func:`pipeline.io.paths.batch_id_for`).
+2. A published batch is refused (:class:`~pipeline.errors.PublishError`)
+   unless ``force``; a forced re-run is audited and the old manifest is moved
+   to ``superseded/`` before anything else changes, so a crash during the
+   re-run never leaves an old manifest beside new parts.
+3. Each record is validated (:class:`~pipeline.records.validate.Validator`);
+   valid records are staged in sealed Arrow segments (no clear PAN on disk),
+   rejects stream to ``staging/rejects-parse.parquet``.
+4. Records in = valid + rejected, and = the trailer's count, or the step
+   fails (:class:`~pipeline.errors.ReconciliationError`).
+5. The result dict is written last to ``staging/parsed.json``: a re-run finds
+   it and resumes instead of parsing again.
+
+The returned dict (XCom-safe: paths, counts, ids; never a PAN) is what
+``plan_shards`` and ``publish`` take.
+
+Example:
+    >>> parsed = verify_and_parse("demo", "var/demo/inbound/demo/x.dat", settings)  # doctest: +SKIP
+    >>> parsed["records"] == parsed["valid"] + parsed["rejected"]                   # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import PublishError, ReconciliationError
+from pipeline.io.atomic import write_text_atomic
+from pipeline.io.lock import exclusive_lock
+from pipeline.io.paths import BatchPaths, batch_id_for
+from pipeline.io.rejects import RejectWriter, reject_row
+from pipeline.io.staging import write_segment
+from pipeline.keys.settings import Settings
+from pipeline.keys.store import KeyStore
+from pipeline.profiles.loader import product_path
+from pipeline.records.issuers import IssuerConfig, load_issuer
+from pipeline.records.layout import Layout, load_layout
+from pipeline.records.parse import FileSummary, iter_records, verify_file
+from pipeline.records.validate import CardRecord, Validator
+from pipeline.steps.audit import audit_batch
+from pipeline.steps.context import BatchSettings, batch_settings, opened_store
+
+__all__ = ["PARSED_FORMAT", "refuse_or_supersede", "verify_and_parse"]
+
+log = logging.getLogger(__name__)
+
+PARSED_FORMAT = "cardprep-parsed/1"
+NO_PRODUCT = "(none)"
+
+
+def _utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refuse_or_supersede(
+    paths: BatchPaths, *, force: bool, store: KeyStore | None, bs: BatchSettings, reason: str
+) -> str | None:
+    """Refuse a published batch, or (``force``) audit and move its manifest aside.
+
+    Returns the superseded manifest's new path, or None when the batch was not
+    published.  Must be called with the batch lock held.
+    """
+    if not paths.manifest.exists():
+        return None
+    if not force:
+        raise PublishError(
+            f"batch {paths.batch_id}",
+            f"already published at {paths.base}; use force to prepare it again",
+        )
+    if store is None:
+        raise PublishError(f"batch {paths.batch_id}", "a forced re-run needs the key store (audit)")
+    target = paths.superseded / f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    audit_batch(
+        store, bs.actor, "batch.force_rerun", paths.batch_id,
+        superseded=str(target), reason=reason,
+    )  # fmt: skip
+    target.mkdir(parents=True, exist_ok=True)
+    # The manifest goes first: from here on the batch is not published, so a
+    # crash during the move leaves an unpublished batch, never a manifest
+    # beside outputs it does not describe.
+    paths.manifest.replace(target / paths.manifest.name)
+    for old in (
+        paths.parts,
+        paths.bureau_file.parent,
+        paths.rejects_parquet,
+        paths.rejects_csv,
+        paths.report_json,
+        paths.report_html,
+    ):
+        if old.exists():
+            old.replace(target / old.name)
+    log.warning("batch %s: forced re-run; previous outputs moved to %s", paths.batch_id, target)
+    return str(target)
+
+
+def _resume(paths: BatchPaths, sha256: str) -> dict[str, Any] | None:
+    try:
+        state = json.loads(paths.parsed_state.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("format") != PARSED_FORMAT:
+        return None
+    if state.get("input_sha256") != sha256:
+        return None
+    segments = int(state.get("segments", 0))
+    if not all(paths.staged_segment(i).exists() for i in range(segments)):
+        return None
+    if not Path(state.get("parse_rejects", "")).exists():
+        return None
+    return state
+
+
+def _available_products(products: frozenset[str], config_dir: Path) -> list[str]:
+    return sorted(p for p in products if product_path(p, config_dir).exists())
+
+
+def verify_and_parse(
+    issuer: str,
+    path: str | Path,
+    settings: Settings,
+    batch_date: date | None = None,
+    *,
+    force: bool = False,
+    stage: bool = True,
+    store: KeyStore | None = None,
+) -> dict[str, Any]:
+    """Verify, validate and stage one issuer file (see the module docstring).
+
+    ``stage=False`` (dry run) validates and counts without writing anything.
+    """
+    started = time.monotonic()
+    bs = batch_settings(settings)
+    cfg = load_issuer(issuer, bs.config_dir)
+    bs = bs.for_bureau(cfg.bureau)
+    layout = load_layout(cfg.layout, bs.config_dir)
+    source = Path(path)
+    summary = verify_file(source, layout)
+    batch_id = batch_id_for(summary.sha256)
+    paths = bs.paths(cfg.id, batch_id)
+    day = batch_date or summary.batch_date or date.today()
+    log.info(
+        "batch %s: %s verified (%d records, layout %s, batch date %s)",
+        batch_id, source.name, summary.record_count, layout.name, day,
+    )  # fmt: skip
+    if not stage:
+        return _parse(cfg, source, summary, layout, day, bs, paths, None, started)
+    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
+            opened_store(settings, store) as ks:  # fmt: skip
+        refuse_or_supersede(paths, force=force, store=ks, bs=bs, reason="verify_and_parse")
+        if not force:
+            resumed = _resume(paths, summary.sha256)
+            if resumed is not None:
+                log.info("batch %s: staging complete from an earlier run; resumed", batch_id)
+                return resumed
+        return _parse(cfg, source, summary, layout, day, bs, paths, ks, started)
+
+
+def _parse(  # noqa: PLR0917 (internal)
+    cfg: IssuerConfig,
+    source: Path,
+    summary: FileSummary,
+    layout: Layout,
+    day: date,
+    bs: BatchSettings,
+    paths: BatchPaths,
+    store: KeyStore | None,
+    started: float,
+) -> dict[str, Any]:
+    products = _available_products(cfg.products, bs.config_dir)
+    validator = Validator(cfg, layout, day, products=products)
+    data_key = store.active(bs.data_key) if store is not None else None
+    valid_per_product: Counter[str] = Counter()
+    rejected_per_product: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    buffer: list[CardRecord] = []
+    segments = 0
+    valid = records = 0
+
+    def flush() -> None:
+        nonlocal segments, buffer
+        if buffer and store is not None and data_key is not None:
+            write_segment(
+                paths.staged_segment(segments), store, data_key,
+                batch_id=paths.batch_id, segment=segments,
+                first_ordinal=segments * bs.segment_size, records=buffer,
+            )  # fmt: skip
+            segments += 1
+        buffer = []
+
+    writer = RejectWriter(paths.parse_rejects) if store is not None else None
+    if writer is not None:
+        paths.staging.mkdir(parents=True, exist_ok=True)
+        for old in paths.staging.glob("segment-*.sealed"):
+            old.unlink()
+        writer.__enter__()
+    try:
+        for raw in iter_records(source, layout):
+            records += 1
+            result = validator.check(raw)
+            if isinstance(result, CardRecord):
+                valid += 1
+                valid_per_product[result.product] += 1
+                buffer.append(result)
+                if len(buffer) >= bs.segment_size:
+                    flush()
+                continue
+            rejected_per_product[result.product or NO_PRODUCT] += 1
+            reasons[result.reason.code] += 1
+            if writer is not None:
+                writer.add(reject_row(result, "validate"))
+        flush()
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if writer is not None:
+        writer.__exit__(None, None, None)
+    rejected = records - valid
+    if records != summary.record_count:
+        raise ReconciliationError(
+            f"{source} [count]",
+            f"trailer says {summary.record_count} records, {records} were read",
+        )
+    parsed: dict[str, Any] = {
+        "format": PARSED_FORMAT,
+        "batch_id": paths.batch_id,
+        "issuer": cfg.id,
+        "bureau": cfg.bureau,
+        "input": str(source),
+        "input_name": source.name,
+        "input_sha256": summary.sha256,
+        "input_size": summary.size,
+        "input_hash_total": summary.hash_total,
+        "layout": layout.name,
+        "batch_date": day.isoformat(),
+        "batch_dir": str(paths.base),
+        "records": records,
+        "valid": valid,
+        "rejected": rejected,
+        "valid_per_product": dict(sorted(valid_per_product.items())),
+        "rejected_per_product": dict(sorted(rejected_per_product.items())),
+        "reasons": dict(sorted(reasons.items())),
+        "products": products,
+        "segment_size": bs.segment_size,
+        "segments": segments,
+        "parse_rejects": str(paths.parse_rejects),
+        "staged": store is not None,
+        "seconds": round(time.monotonic() - started, 3),
+        "parsed_at": _utc_stamp(),
+    }
+    if store is not None:
+        write_text_atomic(paths.parsed_state, json.dumps(parsed, indent=1, sort_keys=True) + "\n")
+    log.info(
+        "batch %s: %d records, %d valid, %d rejected %s",
+        paths.batch_id, records, valid, rejected, dict(sorted(reasons.items())),
+    )  # fmt: skip
+    return parsed

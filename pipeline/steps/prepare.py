@@ -1,0 +1,392 @@
+"""Step 4 (DAG task ``prepare``, mapped over shards): cards of one shard, on every core.
+
+DESIGN.md step 4 and issue 7: inside a shard a process pool (one worker per
+core, ``fork`` context) prepares the cards.  Each worker opens its own key
+store handle and builds one :class:`~pipeline.prep.card.CardPreparer` per
+product *once*, in the pool initializer.  Records flow to the workers as
+Arrow IPC chunks (``batch.chunk_size`` records, 256 by default) and come back
+as compact Arrow rows of :data:`~pipeline.io.parts.PART_SCHEMA` whose
+``card_data`` is already sealed in the worker: no clear PAN or card data
+crosses back, and at most ``2 x workers`` chunks are in flight, so memory stays
+flat whatever the shard size.
+
+Output, atomically: ``parts/part-NNNNN.rejects.parquet`` first, then
+``parts/part-NNNNN.parquet`` whose metadata (plan, counts, the rejects file's
+SHA-256, the result dict) makes it the shard's commit marker.  A re-run finds
+a complete part with the same plan and returns its recorded result (resume);
+anything else is prepared again and overwritten, so a card is never written
+twice.  Two runs never prepare the same shard at once (shard lock).
+
+``workers=1`` prepares in the calling process (no pool).
+
+Example:
+    >>> result = prepare_shard(shards[0], settings, workers=2)   # doctest: +SKIP
+    >>> result["prepared"] + result["rejected"] == shards[0]["count"]  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import multiprocessing
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import CardprepError, PreparationError, VerificationError
+from pipeline.io.lock import exclusive_lock
+from pipeline.io.parts import PART_SCHEMA, PartWriter, read_part_metadata
+from pipeline.io.paths import BatchPaths, sha256_file
+from pipeline.io.perso import seal_card
+from pipeline.io.rejects import reject_row, write_reject_table
+from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
+from pipeline.keys import open_store
+from pipeline.keys.model import KeyRef
+from pipeline.keys.settings import Settings
+from pipeline.keys.store import KeyStore
+from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
+from pipeline.profiles.loader import load_product
+from pipeline.records.issuers import load_issuer
+from pipeline.steps.context import batch_paths, batch_settings, default_workers, opened_store
+
+__all__ = ["ShardWorker", "WorkerSpec", "prepare_shard", "resolve_keys"]
+
+log = logging.getLogger(__name__)
+
+_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs (picklable; ``handle`` may carry the soft store's HMK).
+
+    ``handle`` is the soft store's :meth:`worker_handle` (opened read-only in
+    the worker); ``None`` means "open the store ``settings`` describe".
+    """
+
+    settings: Settings
+    handle: Any
+    config_dir: Path
+    kek: str
+    pan_token: str
+    data_key: KeyRef
+    batch_id: str
+    products: tuple[str, ...]
+
+
+class ShardWorker:
+    """One worker's state: its store handle and one CardPreparer per product."""
+
+    def __init__(self, spec: WorkerSpec, store: KeyStore | None = None) -> None:
+        self.spec = spec
+        self.own_store = store is None
+        if store is None:
+            store = spec.handle.open() if spec.handle is not None else open_store(spec.settings)
+        self.store: KeyStore = store
+        self.preparers: dict[str, CardPreparer] = {}
+        for product in spec.products:
+            profile = load_product(product, spec.config_dir)
+            keys = PreparerKeys.resolve(store, profile, kek=spec.kek, pan_token=spec.pan_token)
+            self.preparers[product] = CardPreparer(profile, store, keys)
+
+    def run(self, ipc: bytes) -> tuple[bytes, list[dict[str, Any]]]:
+        """Prepare one chunk: (part rows as Arrow IPC, reject rows)."""
+        spec, store = self.spec, self.store
+        columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
+        rejects: list[dict[str, Any]] = []
+        for record in records_from_ipc(ipc):
+            preparer = self.preparers.get(record.product)
+            if preparer is None:
+                raise PreparationError(
+                    f"product {record.product}", "not among the shard's planned products"
+                )
+            result = preparer.prepare(record)
+            if not isinstance(result, PreparedCard):
+                rejects.append(reject_row(result, "prepare"))
+                continue
+            columns["batch_id"].append(spec.batch_id)
+            columns["line_no"].append(result.line_no)
+            columns["product"].append(result.product)
+            columns["masked_pan"].append(result.masked_pan)
+            columns["pan_token"].append(result.pan_token)
+            columns["dgi_ids"].append([d.id for d in result.dgis])
+            columns["dgi_encrypted"].append([d.encrypted for d in result.dgis])
+            columns["card_data"].append(
+                seal_card(
+                    store,
+                    spec.data_key,
+                    batch_id=spec.batch_id,
+                    line_no=result.line_no,
+                    product=result.product,
+                    dgis=result.dgis,
+                )
+            )
+            columns["kcvs"].append(json.dumps(dict(result.kcvs), sort_keys=True))
+            columns["icc_pk_sha256"].append(result.icc_public_key_sha256)
+        import pyarrow as pa  # noqa: PLC0415 (already loaded by staging)
+
+        return table_to_ipc(pa.table(columns, schema=PART_SCHEMA)), rejects
+
+    def close(self) -> None:
+        """Close the store if this worker opened it."""
+        if self.own_store:
+            self.store.close()
+
+
+# --- worker process entry points -----------------------------------------------------
+
+_worker: ShardWorker | None = None
+_worker_error: tuple[str, str, str, str] | None = None
+
+
+def _error_marker(exc: CardprepError) -> tuple[str, str, str, str]:
+    # CardprepError(field, detail) does not survive pickling through the pool
+    # (its args are the joined message), so errors travel as a marker.
+    return (type(exc).__module__, type(exc).__qualname__, exc.field, exc.detail)
+
+
+def _init_worker(spec: WorkerSpec) -> None:
+    global _worker, _worker_error  # noqa: PLW0603 (one state per worker process)
+    try:
+        _worker = ShardWorker(spec)
+    except CardprepError as exc:
+        _worker_error = _error_marker(exc)
+
+
+def _run_chunk(ipc: bytes) -> tuple[str, Any, Any]:
+    if _worker is None:
+        return (
+            _ERROR,
+            _worker_error
+            or ("pipeline.errors", "PreparationError", "worker", "worker failed to start"),
+            None,
+        )
+    try:
+        rows, rejects = _worker.run(ipc)
+    except CardprepError as exc:
+        return (_ERROR, _error_marker(exc), None)
+    return ("ok", rows, rejects)
+
+
+def _raise_marker(marker: tuple[str, str, str, str]) -> None:
+    module, name, field, detail = marker
+    cls: Any = getattr(importlib.import_module(module), name, None)
+    if isinstance(cls, type) and issubclass(cls, CardprepError):
+        try:
+            raise cls(field, detail)
+        except TypeError:
+            pass
+    raise PreparationError(field, f"{name} in a worker: {detail}")
+
+
+# --- the shard ---------------------------------------------------------------------------
+
+
+def _chunks(
+    store: KeyStore, paths: BatchPaths, shard: dict[str, Any], chunk_size: int
+) -> Iterator[bytes]:
+    """The shard's staged records, as Arrow IPC chunks, in order."""
+    start, end, seg_size = int(shard["start"]), int(shard["end"]), int(shard["segment_size"])
+    for seg in shard["segments"]:
+        table = read_segment(
+            store, paths.staged_segment(int(seg)), batch_id=paths.batch_id, segment=int(seg)
+        )
+        first = int(seg) * seg_size
+        lo, hi = max(start, first) - first, min(end, first + table.num_rows) - first
+        for offset in range(lo, hi, chunk_size):
+            yield table_to_ipc(table.slice(offset, min(chunk_size, hi - offset)))
+
+
+def _results_inline(worker: ShardWorker, chunks: Iterator[bytes]) -> Iterator[tuple[str, Any, Any]]:
+    for ipc in chunks:
+        try:
+            rows, rejects = worker.run(ipc)
+        except CardprepError as exc:
+            yield (_ERROR, _error_marker(exc), None)
+            return
+        yield ("ok", rows, rejects)
+
+
+def _results_pool(
+    spec: WorkerSpec, workers: int, chunks: Iterator[bytes]
+) -> Iterator[tuple[str, Any, Any]]:
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(spec,)
+    )
+    pending: deque[Future[tuple[str, Any, Any]]] = deque()
+    try:
+        for ipc in chunks:
+            pending.append(pool.submit(_run_chunk, ipc))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def resolve_keys(
+    store: KeyStore, products: list[str], config_dir: Path, kek: str, pan_token: str
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Per product role -> ``label@vN``, and ``label@vN`` -> KCV (hex) of every key used."""
+    keys: dict[str, dict[str, str]] = {}
+    kcvs: dict[str, str] = {}
+    for product in products:
+        profile = load_product(product, config_dir)
+        refs = PreparerKeys.resolve(store, profile, kek=kek, pan_token=pan_token).refs()
+        keys[product] = dict(sorted(refs.items()))
+        for ref in refs.values():
+            if ref not in kcvs:
+                kcvs[ref] = store.get(KeyRef.parse(ref)).kcv.hex().upper()
+    return keys, dict(sorted(kcvs.items()))
+
+
+def _completed(paths: BatchPaths, shard: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result of a complete part for this very shard plan, else None."""
+    part, rejects = paths.part(int(shard["index"])), paths.part_rejects(int(shard["index"]))
+    if not part.exists() or not rejects.exists():
+        return None
+    try:
+        meta = read_part_metadata(part)
+    except VerificationError:
+        return None
+    plan = ("batch_id", "input_sha256", "index", "start", "end")
+    if any(meta.get(k) != shard.get(k) for k in plan):
+        return None
+    if meta.get("rejects_sha256") != sha256_file(rejects):
+        return None
+    result = meta.get("result")
+    return dict(result, resumed=True) if isinstance(result, dict) else None
+
+
+def prepare_shard(
+    shard: dict[str, Any],
+    settings: Settings,
+    workers: int | None = None,
+    *,
+    store: KeyStore | None = None,
+) -> dict[str, Any]:
+    """Prepare one shard (see the module docstring); return its XCom-safe result dict."""
+    bs = batch_settings(settings)
+    cfg = load_issuer(shard["issuer"], bs.config_dir)
+    bs = bs.for_bureau(cfg.bureau)
+    paths = batch_paths(shard["batch_dir"])
+    index = int(shard["index"])
+    n_workers = min(default_workers(workers, bs), max(1, -(-int(shard["count"]) // bs.chunk_size)))
+    what = f"shard {index} of batch {paths.batch_id}"
+    with exclusive_lock(paths.part_lock(index), what, wait=bs.shard_lock_wait):
+        done = _completed(paths, shard)
+        if done is not None:
+            log.info("%s: complete from an earlier run (%d cards); resumed", what, done["prepared"])
+            return done
+        with opened_store(settings, store) as ks:
+            return _prepare(shard, settings, bs, cfg.kek, paths, ks, n_workers)
+
+
+def _prepare(  # noqa: PLR0917 (internal)
+    shard: dict[str, Any],
+    settings: Settings,
+    bs: Any,
+    kek: str,
+    paths: BatchPaths,
+    store: KeyStore,
+    n_workers: int,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    index = int(shard["index"])
+    products = list(shard["products"])
+    keys, kcvs = resolve_keys(store, products, bs.config_dir, kek, bs.pan_token_key)
+    data_key = store.active(bs.data_key)
+    kcvs[str(data_key)] = store.get(data_key).kcv.hex().upper()
+    worker_handle: Callable[[], Any] | None = getattr(store, "worker_handle", None)
+    spec = WorkerSpec(
+        settings=settings,
+        handle=worker_handle() if worker_handle is not None and n_workers > 1 else None,
+        config_dir=bs.config_dir,
+        kek=kek,
+        pan_token=bs.pan_token_key,
+        data_key=data_key,
+        batch_id=paths.batch_id,
+        products=tuple(products),
+    )
+    chunks = _chunks(store, paths, shard, bs.chunk_size)
+    inline: ShardWorker | None = None
+    if n_workers == 1:
+        inline = ShardWorker(spec, store=store)
+        results = _results_inline(inline, chunks)
+    else:
+        results = _results_pool(spec, n_workers, chunks)
+    prepared_pp: Counter[str] = Counter()
+    rejected_pp: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    reject_rows: list[dict[str, Any]] = []
+    part_path, rejects_path = paths.part(index), paths.part_rejects(index)
+    with PartWriter(part_path) as part:
+        for status, rows, rejects in results:
+            if status == _ERROR:
+                _raise_marker(rows)
+            table = table_from_ipc(rows)
+            part.write_rows(table)
+            prepared_pp.update(table.column("product").to_pylist())
+            for row in rejects:
+                rejected_pp[row["product"] or "(none)"] += 1
+                reasons[row["code"]] += 1
+            reject_rows.extend(rejects)
+        write_reject_table(rejects_path, reject_rows)
+        prepared, rejected = part.rows, len(reject_rows)
+        if prepared + rejected != int(shard["count"]):
+            raise PreparationError(
+                f"shard {index}",
+                f"{prepared} prepared + {rejected} rejected != {shard['count']} staged records",
+            )
+        seconds = round(time.monotonic() - started, 3)
+        result: dict[str, Any] = {
+            "batch_id": paths.batch_id,
+            "index": index,
+            "start": int(shard["start"]),
+            "end": int(shard["end"]),
+            "part": str(part_path),
+            "rejects": str(rejects_path),
+            "prepared": prepared,
+            "rejected": rejected,
+            "prepared_per_product": dict(sorted(prepared_pp.items())),
+            "rejected_per_product": dict(sorted(rejected_pp.items())),
+            "reasons": dict(sorted(reasons.items())),
+            "keys": keys,
+            "kcvs": kcvs,
+            "data_key": str(data_key),
+            "workers": n_workers,
+            "seconds": seconds,
+            "cards_per_second": round(prepared / seconds, 1) if seconds > 0 else 0,
+            "resumed": False,
+        }
+        part.metadata = {
+            "batch_id": paths.batch_id,
+            "input_sha256": shard["input_sha256"],
+            "index": index,
+            "start": int(shard["start"]),
+            "end": int(shard["end"]),
+            "rejects_sha256": sha256_file(rejects_path),
+            "result": result,
+        }
+    if inline is not None:
+        inline.close()
+    log.info(
+        "batch %s shard %d: %d prepared, %d rejected %s in %.2f s on %d worker(s); keys %s",
+        paths.batch_id,
+        index,
+        prepared,
+        rejected,
+        dict(reasons),
+        seconds,
+        n_workers,
+        ", ".join(f"{ref} kcv={kcv}" for ref, kcv in kcvs.items()),
+    )
+    return result
