@@ -343,9 +343,9 @@ class _Codec:
         return RawRecord(line.line_no,
                          {name: text[a:b].rstrip(" ") for name, a, b in self.slices})
 
-    def _csv_row(self, text: str) -> list[str] | None:
+    def _csv_row(self, text: str, strict: bool = True) -> list[str] | None:
         try:
-            return next(csv.reader((text,), delimiter=self.layout.delimiter, strict=True))
+            return next(csv.reader((text,), delimiter=self.layout.delimiter, strict=strict))
         except (csv.Error, StopIteration):
             return None
 
@@ -417,12 +417,15 @@ class _Codec:
             raise reader.fail(check, f"{where} has byte 0x{content[bad.start()]:02X} at column "
                               f"{bad.start() + 1}: not printable ASCII")
         text = content.decode("ascii")
+        if kind == _TRAILER and not text.strip():
+            raise reader.fail(Check.TRAILER_MISSING, f"the last line ({line.line_no}) is blank, "
+                              f"not a trailer record {spec.marker!r} (blank line after the "
+                              "trailer?)")
         marker, values = self._control_values(text, spec.fields, where, check, reader)
         if marker != spec.marker:
             if kind == _TRAILER:
-                hint = " (blank line after the trailer?)" if not text.strip() else ""
                 raise reader.fail(Check.TRAILER_MISSING, f"the last line ({line.line_no}) "
-                                  f"is not a trailer record {spec.marker!r}{hint}")
+                                  f"is not a trailer record {spec.marker!r}")
             raise reader.fail(check, f"the first line is not a header record {spec.marker!r}")
         if self.fmt is FileFormat.FIXED and len(text) != self.layout.record_length:
             raise reader.fail(check, f"{where} has {len(text)} characters, the layout "
@@ -462,7 +465,8 @@ class _Codec:
         if self.fmt is FileFormat.FIXED:
             raw = content[self.pan_spec.slice_start:self.pan_spec.slice_end].rstrip(b" ")
         elif self.fmt is FileFormat.CSV:
-            row = self._csv_row(content.decode("latin-1"))
+            # Lenient: a row the validator rejects for quoting still has a PAN to add.
+            row = self._csv_row(content.decode("latin-1"), strict=False)
             col = (self.pan_spec.column or 1) - 1
             raw = row[col].encode("latin-1") if row is not None and len(row) > col else b""
         else:
