@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.keys",
     "pipeline.cli.custodians",
     "pipeline.cli.audit",
+    "pipeline.cli.batch",
 )
 
 
