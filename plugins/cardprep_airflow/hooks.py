@@ -16,12 +16,14 @@ alone decides: the soft store opens with its demo passphrase file.  With
 
 Example (in a task)::
 
-    with KeyStoreHook().open_store() as store:
+    with KeyStoreHook().session() as (settings, store):
         store.kcv(store.active("demo-tk"))
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,14 +81,28 @@ class KeyStoreHook(BaseHook):
         """The cardprep settings the Connection names (or the default settings file)."""
         return self._settings_of(self._connection())
 
+    @contextmanager
+    def session(self) -> Iterator[tuple[Settings, KeyStore]]:
+        """``(settings, open store)`` for one task; the store is closed afterwards."""
+        conn = self._connection()
+        settings = self._settings_of(conn)
+        store = self._open(conn, settings)
+        try:
+            yield settings, store
+        finally:
+            store.close()
+
     def open_store(self) -> KeyStore:
-        """Open the configured key store; the PIN, if any, comes from the Connection password."""
+        """Open the configured key store (the caller closes it)."""
+        conn = self._connection()
+        return self._open(conn, self._settings_of(conn))
+
+    def _open(self, conn: Any | None, settings: Settings) -> KeyStore:
+        """The PIN, if any, comes from the Connection password and goes to open_store only."""
         from pipeline.errors import ConfigError  # noqa: PLC0415
         from pipeline.keys import open_store  # noqa: PLC0415
         from pipeline.keys.settings import Backend  # noqa: PLC0415
 
-        conn = self._connection()
-        settings = self._settings_of(conn)
         secret = conn.password if conn is not None else None
         backend = settings.key_store.backend
         self.log.info(

@@ -1,0 +1,212 @@
+"""
+### card_batch_&lt;issuer&gt;: prepare an issuer's card files, nightly and when a file lands
+
+One DAG per issuer in `config/issuers/*.yaml` (`card_batch_demo`,
+`card_batch_demo-csv`, ...), so `max_active_runs=1` holds *per issuer*, each
+issuer has its own schedule, asset and failure history, and one issuer's bad
+file never blocks another's night.
+
+**Runs** nightly (cron from `config/airflow/dags.yaml`, UTC) *and* whenever
+the asset `cardprep_inbound_<issuer>` gets an event (the intake system posts
+one over the REST API, `POST /api/v2/assets/events`, when it has delivered a
+file).  A nightly run first waits for a file in the issuer's inbound folder
+(sensor in *reschedule* mode: no worker slot is held while waiting; it gives
+up quietly after the configured timeout).
+
+**Tasks**, each one call into `pipeline.steps` (the CLI `cardprep run` calls
+the same functions):
+
+1. `wait_for_files` - `detect`: new files (or the one named in `file`)
+2. `verify_and_parse` (one per file) - header/trailer/hash total before any
+   cryptography, validation, sealed staging; a published batch is refused
+   unless `force` (then audited)
+3. `plan_shards` - cut valid records into shards of `shard_size`
+4. `prepare` (mapped, pool `hsm`) - one shard per task; a process pool uses
+   every core of the worker
+5. `publish` (one per batch) - reconcile lines, bureau file, rejects,
+   MACed manifest written last
+6. `reconcile` (one per batch) - recount from the files, audit event,
+   report; `summary` prints where the reports are
+
+**Idempotent**: the batch id is the file's SHA-256 prefix, outputs live
+under it, the manifest is the commit marker; a retried or re-triggered run
+resumes finished shards and never publishes a card twice.
+
+**Params**: `issuer` (fixed per DAG), `file` (a name in the inbound folder;
+empty = every new file), `shard_size`, `dry_run` (verify and validate only,
+nothing written), `force` (re-prepare a published batch; audited).
+
+**Secrets**: the key store PIN comes from the Connection `cardprep_keystore`
+and is handed to the key store only; XCom carries paths, counts, key labels
+and KCVs; nothing here logs a PAN, a key or a PIN.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import (
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    PokeReturnValue,
+    dag,
+    task,
+)
+from airflow.sdk.exceptions import AirflowSkipException
+from cardprep_airflow import dagconfig
+from cardprep_airflow.failures import fail_fast_on_permanent_errors
+from cardprep_airflow.hooks import KeyStoreHook
+from cardprep_airflow.inbound import resolve_inbound_file
+from cardprep_airflow.xcom import as_list
+
+CFG = dagconfig.load()
+SECTION = CFG.section("card_batch")
+WAIT = dict(SECTION.get("wait_for_files") or {})
+POOL = str(SECTION.get("pool", "hsm"))
+log = logging.getLogger(__name__)
+
+
+def build(issuer: str) -> Any:
+    """The card_batch DAG of one issuer."""
+    inbound = Asset(name=f"cardprep_inbound_{issuer}", uri=f"cardprep://inbound/{issuer}")
+
+    @dag(
+        dag_id=f"card_batch_{issuer}",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(
+                str(SECTION.get("schedule", "30 1 * * *")), timezone="UTC"
+            ),
+            assets=inbound,
+        ),
+        start_date=CFG.start_date,
+        catchup=False,
+        max_active_runs=1,
+        default_args=CFG.default_args(),
+        dagrun_timeout=timedelta(hours=12),
+        tags=["cardprep", "batch", f"issuer:{issuer}"],
+        doc_md=__doc__,
+        params={
+            "issuer": Param(issuer, type="string", enum=[issuer],
+                            description="Issuer (one DAG per issuer)."),
+            "file": Param("", type="string", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                          description="File name in the issuer's inbound folder; "
+                                      "empty: every new file."),
+            "shard_size": Param(int(SECTION.get("shard_size", 5000)), type="integer",
+                                minimum=1, maximum=1_000_000,
+                                description="Valid cards per prepare task."),
+            "dry_run": Param(False, type="boolean",
+                             description="Verify and validate only: nothing is written."),
+            "force": Param(False, type="boolean",
+                           description="Prepare an already published file again (audited)."),
+        },
+    )
+    def card_batch() -> None:
+        @task.sensor(
+            mode="reschedule",
+            poke_interval=int(WAIT.get("poke_interval_seconds", 300)),
+            timeout=int(WAIT.get("timeout_seconds", 21600)),
+            soft_fail=True,
+        )
+        def wait_for_files(
+            params: dict[str, Any] | None = None, dag_run: Any = None
+        ) -> PokeReturnValue:
+            """Files to prepare: the named one, else every new file (nightly runs wait for one)."""
+            from pipeline.steps.detect import detect  # noqa: PLC0415 (parse time)
+
+            assert params is not None
+            settings = KeyStoreHook().settings()
+            with fail_fast_on_permanent_errors():
+                if params["file"]:
+                    return PokeReturnValue(
+                        True, [resolve_inbound_file(issuer, params["file"], settings)]
+                    )
+                files = detect(issuer, settings)
+            scheduled = dag_run is not None and str(dag_run.run_type) == "scheduled"
+            return PokeReturnValue(bool(files) or not scheduled, files)
+
+        @task
+        def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
+
+            assert params is not None
+            with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
+                return step(issuer, path, settings, force=params["force"],
+                            stage=not params["dry_run"], store=store)  # fmt: skip
+
+        @task
+        def plan_shards(
+            parsed: list[dict[str, Any]], params: dict[str, Any] | None = None
+        ) -> list[dict[str, Any]]:
+            from pipeline.steps.plan import plan_shards as step  # noqa: PLC0415
+
+            assert params is not None
+            if params["dry_run"]:
+                return []
+            with fail_fast_on_permanent_errors():
+                return [s for p in as_list(parsed) for s in step(p, int(params["shard_size"]))]
+
+        @task(pool=POOL, map_index_template="{{ task.op_kwargs['shard']['index'] }}")
+        def prepare(shard: dict[str, Any]) -> dict[str, Any]:
+            from pipeline.steps.prepare import prepare_shard  # noqa: PLC0415
+
+            with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
+                return prepare_shard(shard, settings, store=store)
+
+        @task(trigger_rule="none_failed")
+        def publish(
+            parsed: dict[str, Any],
+            shard_results: list[dict[str, Any]] | None,
+            params: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            from pipeline.steps.publish import publish as step  # noqa: PLC0415
+
+            assert params is not None
+            if params["dry_run"]:
+                raise AirflowSkipException(
+                    f"dry run: batch {parsed['batch_id']} verified "
+                    f"({parsed['records']} records, {parsed['rejected']} rejected); not published"
+                )
+            mine = [r for r in as_list(shard_results) if r["batch_id"] == parsed["batch_id"]]
+            with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
+                return step(parsed, mine, settings, force=params["force"], store=store)
+
+        @task
+        def reconcile(published: dict[str, Any]) -> dict[str, Any]:
+            from pipeline.steps.reconcile import reconcile as step  # noqa: PLC0415
+
+            with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
+                return step(published, settings, store=store)
+
+        @task(trigger_rule="none_failed")
+        def summary(parsed: list[dict[str, Any]] | None,
+                    reconciled: list[dict[str, Any]] | None) -> dict[str, Any]:  # fmt: skip
+            """One line per batch: counts and where the report is (also the run's XCom)."""
+            batches = as_list(reconciled)
+            for b in batches:
+                log.info("batch %s: %d in = %d prepared + %d rejected; report %s",
+                         b["batch_id"], b["counts"]["in"], b["counts"]["prepared"],
+                         b["counts"]["rejected"], b["report_html"])  # fmt: skip
+            checked = [{k: p[k] for k in ("batch_id", "records", "valid", "rejected")}
+                       for p in as_list(parsed)]  # fmt: skip
+            if not batches:
+                log.info("no batch published in this run (%d file(s) checked)", len(checked))
+            return {"issuer": issuer, "published": batches, "checked": checked}
+
+        files = wait_for_files()
+        parsed = verify_and_parse.expand(path=files)
+        shards = plan_shards(parsed)
+        prepared = prepare.expand(shard=shards)
+        published = publish.partial(shard_results=prepared).expand(parsed=parsed)
+        shards >> published
+        reconciled = reconcile.expand(published=published)
+        summary(parsed, reconciled)
+
+    return card_batch()
+
+
+for _issuer in dagconfig.issuer_ids():
+    globals()[f"card_batch_{_issuer.replace('-', '_')}"] = build(_issuer)
