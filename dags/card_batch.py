@@ -90,18 +90,30 @@ def build(issuer: str) -> Any:
         tags=["cardprep", "batch", f"issuer:{issuer}"],
         doc_md=__doc__,
         params={
-            "issuer": Param(issuer, type="string", enum=[issuer],
-                            description="Issuer (one DAG per issuer)."),
-            "file": Param("", type="string", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
-                          description="File name in the issuer's inbound folder; "
-                                      "empty: every new file."),
-            "shard_size": Param(int(SECTION.get("shard_size", 5000)), type="integer",
-                                minimum=1, maximum=1_000_000,
-                                description="Valid cards per prepare task."),
-            "dry_run": Param(False, type="boolean",
-                             description="Verify and validate only: nothing is written."),
-            "force": Param(False, type="boolean",
-                           description="Prepare an already published file again (audited)."),
+            "issuer": Param(
+                issuer, type="string", enum=[issuer], description="Issuer (one DAG per issuer)."
+            ),
+            "file": Param(
+                "",
+                type="string",
+                pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                description="File name in the issuer's inbound folder; empty: every new file.",
+            ),
+            "shard_size": Param(
+                int(SECTION.get("shard_size", 5000)),
+                type="integer",
+                minimum=1,
+                maximum=1_000_000,
+                description="Valid cards per prepare task.",
+            ),
+            "dry_run": Param(
+                False, type="boolean", description="Verify and validate only: nothing is written."
+            ),
+            "force": Param(
+                False,
+                type="boolean",
+                description="Prepare an already published file again (audited).",
+            ),
         },
     )
     def card_batch() -> None:

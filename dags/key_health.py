@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
     doc_md=__doc__,
     params={
         "warn_days": Param(
-            int(SECTION.get("warn_days", 90)), type="integer", minimum=0, maximum=730,
+            int(SECTION.get("warn_days", 90)),
+            type="integer",
+            minimum=0,
+            maximum=730,
             description="Warn about certificates expiring within this many days.",
         ),
     },
@@ -49,11 +52,8 @@ def key_health() -> None:
         from pipeline.steps.key_health import key_health as step  # noqa: PLC0415 (parse time)
 
         assert params is not None
-        store = KeyStoreHook().open_store()
-        try:
+        with KeyStoreHook().session() as (_, store):
             report = step(store, warn_days=int(params["warn_days"]))
-        finally:
-            store.close()
         for cert in report["expiring"]:
             log.warning("certificate of %s expires %s (%d days left)",
                         cert["key"], cert["valid_through"], cert["days_left"])  # fmt: skip
