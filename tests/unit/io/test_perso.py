@@ -1,0 +1,110 @@
+"""Card payload and bureau personalization file (pipeline.io.perso).
+
+The DGI payload format is cardprep's own (docs/OUTPUT.md); it is cross-checked
+on random DGI lists against a second, independent encoder written here with
+``struct``, and the file reader must refuse every truncation or edit.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import InvalidInputError, VerificationError
+from pipeline.io.perso import (
+    BureauCard,
+    BureauFileWriter,
+    BureauHeader,
+    decode_card_dgis,
+    encode_card_dgis,
+    open_card,
+    read_bureau_file,
+    seal_card,
+)
+from pipeline.records.dgi import Dgi
+
+dgis = st.lists(
+    st.builds(Dgi, st.integers(0x0101, 0xFFFE), st.binary(max_size=300), st.booleans()),
+    max_size=8,
+)
+
+
+@given(dgis)
+@settings(max_examples=200, deadline=None)
+def test_payload_matches_an_independent_encoder_and_round_trips(items: list[Dgi]) -> None:
+    independent = b"".join(
+        struct.pack(">HBH", d.id, 1 if d.encrypted else 0, len(d.value)) + d.value
+        for d in items
+    )
+    assert encode_card_dgis(items) == independent
+    assert [(d.id, d.value, d.encrypted) for d in decode_card_dgis(independent)] == [
+        (d.id, d.value, d.encrypted) for d in items]
+
+
+def test_payload_decoder_refuses_truncation_and_unknown_flags() -> None:
+    blob = encode_card_dgis([Dgi(0x8000, b"K" * 16, True)])
+    with pytest.raises(InvalidInputError, match="runs past the end"):
+        decode_card_dgis(blob[:-1])
+    with pytest.raises(InvalidInputError, match="truncated"):
+        decode_card_dgis(blob[:3])
+    with pytest.raises(InvalidInputError, match="flags"):
+        decode_card_dgis(blob[:2] + b"\x02" + blob[3:])
+
+
+def test_sealed_card_is_bound_to_batch_and_line(store, data_key) -> None:
+    blob = seal_card(store, data_key, batch_id="00ab", line_no=7, product="p",
+                     dgis=[Dgi(0x9000, b"\x01\x02\x03")])
+    product, back = open_card(store, blob, batch_id="00ab", line_no=7, where="t")
+    assert product == "p" and back[0].value == b"\x01\x02\x03"
+    with pytest.raises(VerificationError, match=r"\[card binding\]"):
+        open_card(store, blob, batch_id="00ab", line_no=8, where="t")
+
+
+def _write(path: Path, n: int) -> None:
+    header = BureauHeader("00ab", "demo", n, "2025-01-01T00:00:00Z", "demo-data@v1", "305D45",
+                          (("demo-tk@v1", "D2B91C"),))
+    with BureauFileWriter(path, header) as w:
+        for i in range(n):
+            w.write(BureauCard(i + 1, i + 2, "p", "476173******0119", "demo-tk@v1",
+                               ((0x0101, False), (0x8000, True)), bytes([i]) * 20))
+
+
+def test_bureau_file_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "b.cps"
+    _write(path, 3)
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith("H|CARDPREP-PERSO|1|00ab|demo|3|")
+    assert lines[0].endswith("demo-tk@v1:D2B91C")
+    assert lines[1].split("|")[6] == "0101,8000E"
+    header, cards = read_bureau_file(path)
+    got = list(cards)
+    assert header.cards == 3 and [c.line_no for c in got] == [2, 3, 4]
+    assert got[2].sealed == bytes([2]) * 20
+
+
+@pytest.mark.parametrize("edit,check", [
+    (lambda t: t[: t.rindex("T|")], "trailer"),                # trailer lost
+    (lambda t: t.replace("|3|", "|9|", 1), "count"),            # header count
+    (lambda t: t.replace("476173******0119", "476173******0118", 1), "hash"),
+    (lambda t: t[:-3], "truncated"),                             # no final LF
+    (lambda t: t + "D|4|x\n", "trailer"),                        # data after the trailer
+])
+def test_bureau_reader_refuses_edits(tmp_path: Path, edit, check) -> None:
+    path = tmp_path / "b.cps"
+    _write(path, 3)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(VerificationError, match=rf"\[{check}\]"):
+        _, cards = read_bureau_file(path)
+        list(cards)
+
+
+def test_writer_with_a_wrong_count_leaves_no_file(tmp_path: Path) -> None:
+    header = BureauHeader("00ab", "demo", 2, "t", "k@v1", "00", ())
+    with pytest.raises(VerificationError, match=r"\[count\]"), \
+            BureauFileWriter(tmp_path / "b.cps", header) as w:
+        w.write(BureauCard(1, 2, "p", "m", "t@v1", (), b"x"))
+    assert list(tmp_path.iterdir()) == []
