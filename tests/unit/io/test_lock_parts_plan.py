@@ -39,9 +39,9 @@ def test_lock_is_reentrant_in_process_and_exclusive_across_processes(tmp_path: P
     child.start()
     try:
         assert ready.wait(10)
-        with pytest.raises(BatchLockedError, match=r"batch x is being processed by pid \d+: holder"):
-            with exclusive_lock(lock, "batch x"):
-                pass
+        busy = r"batch x is being processed by pid \d+: holder"
+        with pytest.raises(BatchLockedError, match=busy), exclusive_lock(lock, "batch x"):
+            pass
         release.set()
         with exclusive_lock(lock, "batch x", wait=10):  # waits until the holder lets go
             assert held_locks() == [str(lock)]

@@ -46,7 +46,7 @@ def test_canonical_is_independent_of_key_order_and_excludes_mac(doc: dict) -> No
 
 
 def test_floats_are_refused() -> None:
-    with pytest.raises(VerificationError, match="counts.rate"):
+    with pytest.raises(VerificationError, match=r"counts\.rate"):
         check_json_safe({"counts": {"rate": 0.5}})
 
 
