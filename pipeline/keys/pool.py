@@ -118,7 +118,7 @@ MAC_PURPOSE = "keypool-entry"
 POOL_KEY_OWNER = "bureau:keypool"
 SCHEMA_VERSION = "1"
 RSA_EXPONENTS = (3, 65537)  # EMV Book 2 A2.1.1 / Book 3 ICC keys
-RSA_MIN_BITS, RSA_MAX_BITS = 512, 1984  # EMV ICC moduli (Book 2 A2.1.1: at most 1984 bits)
+RSA_MIN_BITS, RSA_MAX_BITS = 1024, 1984  # EMV ICC moduli (Book 2 A2.1.1: at most 1984 bits)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
