@@ -253,6 +253,27 @@ class Exportability(Enum):
     S = "S"  # sensitive: exportable only in a non-key-block form (refused here)
 
 
+class TranslateCheck(Enum):
+    """What the backend checks in the clear, inside itself, while translating.
+
+    A field encrypted under the wrong KEK, or corrupted, decrypts to noise;
+    these checks turn that into a clear error instead of shipping noise.
+    ``PIN_ISO0`` checks an ISO 9564-1 format 0 PIN block against the PAN
+    (control nibble 0, PIN length 4..12, PIN digits 0..9, fill F);
+    ``PIN_ISO0_TO_ISO2`` checks it likewise and re-encodes it as the format 2
+    block the card holds in DGI 8010 (EMV CPS 1.1).
+
+    Example:
+        >>> TranslateCheck("iso9797-m2")
+        <TranslateCheck.ISO9797_M2: 'iso9797-m2'>
+    """
+
+    NONE = "none"
+    ISO9797_M2 = "iso9797-m2"
+    PIN_ISO0 = "pin-iso0"
+    PIN_ISO0_TO_ISO2 = "pin-iso0-to-iso2"
+
+
 class DerivationMethod(Enum):
     """Per-card key derivation (EMV Book 2 A1.4) and GP KMC diversification.
 

@@ -90,6 +90,7 @@ from pipeline.keys.model import (
     KeyRole,
     KeyState,
     KeyUsage,
+    TranslateCheck,
     WrappedKey,
     check_label,
 )
@@ -1425,12 +1426,25 @@ class Pkcs11KeyStore:
                 out.append(WrappedKey(wrapped, kcv, kcv_method, tk))
             return out[0], out[1], out[2]
 
-    def translate(self, ciphertext: bytes, from_key: KeyRef, to_key: KeyRef) -> bytes:
+    def translate(
+        self,
+        ciphertext: bytes,
+        from_key: KeyRef,
+        to_key: KeyRef,
+        *,
+        check: TranslateCheck = TranslateCheck.NONE,
+        pan: str | None = None,
+    ) -> bytes:
         """Refused unless the token can unwrap ECB ciphertext (see the ``translate`` gap)."""
         self._require("translate", "translate")
         raise CapabilityError(  # pragma: no cover - no token we test on gets here
             "translate", "ECB unwrap is reported but not implemented by this backend"
         )
+
+    def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
+        """Refused: checking a key under the TK needs an ECB unwrap the token lacks."""
+        self._require("kcv_of_wrapped", "kcv_of_wrapped")
+        raise CapabilityError("kcv_of_wrapped", "not implemented for PKCS#11 tokens")
 
     def encrypt_under_tk(self, tk: KeyRef, plaintext: bytes) -> bytes:
         """Encrypt a secret DGI value under the TK in the token (ECB, ISO 9797-1 method 2 pad)."""
@@ -1659,6 +1673,8 @@ def _build_report(
         "diversify:emv": ok("derive:tdes-ecb-data") or wrap_any,
         "diversify:visa2": ok("derive:tdes-ecb-data") or wrap_any,
         "translate": unwrap_any or "ECB unwrap found but translate is not implemented",
+        "kcv_of_wrapped": "not implemented: needs an ECB unwrap of the card key into a session "
+        "object, which SoftHSM2 lacks",
         "sign:rsa": ok("rsa-x509-sign"),
         "kcv": has("CKM_DES3_ECB", "CKM_AES_ECB"),
         "mac": has("CKM_AES_CMAC"),

@@ -64,7 +64,8 @@ from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.kcv import kcv_method_for
 from pipeline.crypto.kdf import hkdf_sha256, hmac_sha256
 from pipeline.crypto.mac import cmac
-from pipeline.crypto.padding import pad_iso9797_m2
+from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
+from pipeline.crypto.pin import check_pin_block_iso0, pin_block_iso0_to_iso2
 from pipeline.errors import (
     AuditError,
     CapabilityError,
@@ -94,6 +95,7 @@ from pipeline.keys.model import (
     KeyRole,
     KeyState,
     KeyUsage,
+    TranslateCheck,
     WrappedKey,
     check_label,
     rsa_strength_bits,
@@ -1366,7 +1368,15 @@ class SoftKeyStore:
         )
         return enc, mac, dek
 
-    def translate(self, ciphertext: bytes, from_key: KeyRef, to_key: KeyRef) -> bytes:
+    def translate(
+        self,
+        ciphertext: bytes,
+        from_key: KeyRef,
+        to_key: KeyRef,
+        *,
+        check: TranslateCheck = TranslateCheck.NONE,
+        pan: str | None = None,
+    ) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.translate`."""
         src = self._load(from_key, Operation.TRANSLATE_FROM)
         dst = self._load(to_key, Operation.TRANSLATE_TO)
@@ -1379,7 +1389,26 @@ class SoftKeyStore:
                 f"{len(ciphertext)} bytes is not a whole number of {src_bs}- and "
                 f"{dst_bs}-byte blocks",
             )
-        return self._cipher(dst).encrypt_ecb(self._cipher(src).decrypt_ecb(ciphertext))
+        clear = self._cipher(src).decrypt_ecb(ciphertext)
+        if check is TranslateCheck.ISO9797_M2:
+            unpad_iso9797_m2(clear, src_bs)  # raises PaddingError; the value stays here
+        elif check is TranslateCheck.PIN_ISO0:
+            check_pin_block_iso0(clear, pan)
+        elif check is TranslateCheck.PIN_ISO0_TO_ISO2:
+            if pan is None:
+                raise InvalidInputError("pan", "a format 0 PIN block check needs the PAN")
+            clear = pin_block_iso0_to_iso2(clear, pan)
+        return self._cipher(dst).encrypt_ecb(clear)
+
+    def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
+        """See :meth:`pipeline.keys.store.KeyStore.kcv_of_wrapped`."""
+        entry = self._load(tk, Operation.CHECK_WRAPPED)
+        bs = _symmetric(entry.record.algorithm).block_size
+        if not ciphertext or len(ciphertext) % bs:
+            raise InvalidInputError(
+                "ciphertext", f"{len(ciphertext)} bytes is not a whole number of {bs}-byte blocks"
+            )
+        return compute_kcv(self._cipher(entry).decrypt_ecb(ciphertext), method)
 
     def encrypt_under_tk(self, tk: KeyRef, plaintext: bytes) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.encrypt_under_tk`."""

@@ -45,6 +45,7 @@ from pipeline.keys.model import (
     KeyRef,
     KeyRole,
     KeyUsage,
+    TranslateCheck,
     WrappedKey,
 )
 
@@ -58,7 +59,7 @@ CAPABILITIES: frozenset[str] = frozenset(
         "import_components", "import_key_block", "export_key_block",
         "derive:A", "derive:B", "derive:C", "derive:sm4",
         "diversify:emv", "diversify:visa2", "diversify:kdf3",
-        "translate", "icc_keypair:rsa", "icc_keypair:sm2",
+        "translate", "kcv_of_wrapped", "icc_keypair:rsa", "icc_keypair:sm2",
         "sign:rsa", "sign:sm2", "kcv", "mac", "pan_token", "encrypt_data",
         "encrypt_under_tk", "lifecycle",
     }
@@ -222,10 +223,31 @@ class KeyStore(Protocol):
         """Diversify KENC, KMAC, KDEK from the KMC (GP / EMV CPS) and wrap each under ``tk``."""
         ...
 
-    def translate(self, ciphertext: bytes, from_key: KeyRef, to_key: KeyRef) -> bytes:
+    def translate(
+        self,
+        ciphertext: bytes,
+        from_key: KeyRef,
+        to_key: KeyRef,
+        *,
+        check: TranslateCheck = TranslateCheck.NONE,
+        pan: str | None = None,
+    ) -> bytes:
         """Re-encrypt ECB ``ciphertext`` from ``from_key`` (K0) to ``to_key`` (K0).
 
-        Block-aligned data only; no clear copy leaves the backend.
+        Block-aligned data only; no clear copy leaves the backend.  With
+        ``check`` the backend verifies the clear value's format inside itself
+        (padding method 2, or a format 0 PIN block against ``pan``) and raises
+        :class:`~pipeline.errors.PaddingError` / ``InvalidInputError`` naming
+        the check, never the value.
+        """
+        ...
+
+    def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
+        """KCV (``method`` of :func:`pipeline.crypto.kcv.kcv`) of a key held under ``tk``.
+
+        The data-preparation self-check: the key a DGI carries under the TK
+        must have the KCV the derivation reported.  Only the KCV leaves the
+        backend (compare Thales "BU": KCV of a key under a ZMK).
         """
         ...
 

@@ -79,6 +79,7 @@ class Operation(Enum):
     ENCRYPT_DATA = "encrypt-data"
     DECRYPT_DATA = "decrypt-data"
     KCV = "kcv"
+    CHECK_WRAPPED = "check-wrapped"  # KCV of a key held under this key (no clear output)
 
     @property
     def direction(self) -> Direction:
@@ -107,6 +108,7 @@ _OPERATION_TRAITS: dict[Operation, tuple[Direction, WorkKind]] = {
     Operation.ENCRYPT_DATA: (Direction.ENCRYPT, WorkKind.PROTECT),
     Operation.DECRYPT_DATA: (Direction.DECRYPT, WorkKind.PROCESS),
     Operation.KCV: (Direction.NONE, WorkKind.INFO),
+    Operation.CHECK_WRAPPED: (Direction.DECRYPT, WorkKind.PROCESS),
 }
 
 _ALL_BUT_HMK = frozenset(KeyUsage) - {KeyUsage.HM}
@@ -132,6 +134,7 @@ PERMITTED_USAGES: dict[Operation, frozenset[KeyUsage]] = {
     Operation.ENCRYPT_DATA: frozenset({KeyUsage.D0}),
     Operation.DECRYPT_DATA: frozenset({KeyUsage.D0}),
     Operation.KCV: _ALL_BUT_HMK,
+    Operation.CHECK_WRAPPED: frozenset({KeyUsage.K0}),
 }
 
 _D = Direction

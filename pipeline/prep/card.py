@@ -49,7 +49,14 @@ from pipeline.errors import (
     PreparationError,
     SignatureError,
 )
-from pipeline.keys.model import DerivationMethod, KeyAlgorithm, KeyRecord, KeyRef, WrappedKey
+from pipeline.keys.model import (
+    DerivationMethod,
+    KeyAlgorithm,
+    KeyRecord,
+    KeyRef,
+    TranslateCheck,
+    WrappedKey,
+)
 from pipeline.keys.store import KeyStore
 from pipeline.prep import emv_data
 from pipeline.prep.certs import (
@@ -271,8 +278,17 @@ class CardPreparer:
         store: KeyStore,
         keyrefs: PreparerKeys,
         issuer_pki: IssuerPki | None = None,
+        secret_checks: Mapping[str, TranslateCheck] | None = None,
     ) -> None:
         self.profile = profile
+        # What the store checks in the clear while translating each secret
+        # field (from the issuer layout's ``padding``).  The issuer sends the
+        # PIN as an ISO 9564-1 format 0 block; the card's offline reference
+        # PIN (DGI 8010) is a format 2 block, re-encoded inside the store.
+        self._secret_checks = {
+            PIN_BLOCK: TranslateCheck.PIN_ISO0_TO_ISO2,
+            **(secret_checks or {}),
+        }
         self.store = store
         self.keys = keyrefs
         self.pki = (
@@ -401,9 +417,17 @@ class CardPreparer:
         first: WrappedKey,
         name: str,
     ) -> None:
-        """KCV self-check: a second derivation through the store must agree with the first."""
+        """KCV self-check (issue 5): the MK-AC the DGI carries under the TK has the KCV
+        the key store derived, and a second derivation agrees with the first.
+        """
         again = self.store.derive_and_wrap(imk, record.pan, record.psn, method, self.keys.tk)
-        if again.kcv != first.kcv or again.ciphertext != first.ciphertext or not first.kcv:
+        under_tk = self.store.kcv_of_wrapped(self.keys.tk, first.ciphertext, first.kcv_method)
+        if (
+            not first.kcv
+            or again.kcv != first.kcv
+            or again.ciphertext != first.ciphertext
+            or under_tk[: len(first.kcv)] != first.kcv
+        ):
             raise _CardReject(
                 RejectReason.SELF_CHECK_KCV, f"{name}.mk_ac", "MK-AC KCV does not match the store's"
             )
@@ -420,9 +444,12 @@ class CardPreparer:
             out.append(Dgi(spec.kcv_dgi, b"".join(w.kcv[:KCV_LENGTH] for w in wrapped)))
         return out
 
-    def _translate(self, name: str, ciphertext: bytes) -> bytes:
+    def _translate(self, name: str, ciphertext: bytes, pan: str) -> bytes:
+        check = self._secret_checks.get(name, TranslateCheck.NONE)
         try:
-            return self.store.translate(ciphertext, self.keys.kek, self.keys.tk)
+            return self.store.translate(
+                ciphertext, self.keys.kek, self.keys.tk, check=check, pan=pan
+            )
         except KeyStoreError:
             raise
         except CryptoError as exc:
@@ -436,12 +463,13 @@ class CardPreparer:
         out: list[Dgi] = []
         pin = self.profile.pin
         if pin is not None and record.secrets.get(PIN_BLOCK):
-            out.append(Dgi(pin.dgi, self._translate(PIN_BLOCK, record.secrets[PIN_BLOCK]), True))
+            pin_under_tk = self._translate(PIN_BLOCK, record.secrets[PIN_BLOCK], record.pan)
+            out.append(Dgi(pin.dgi, pin_under_tk, True))
             out.append(Dgi(pin.try_dgi, bytes([pin.try_limit, pin.try_limit])))
         for name, dgi_id in self.profile.secret_dgis:
             value = record.secrets.get(name)
             if value:
-                out.append(Dgi(dgi_id, self._translate(name, value), True))
+                out.append(Dgi(dgi_id, self._translate(name, value, record.pan), True))
         return out
 
     def _fci_gpo_dgis(self) -> list[Dgi]:

@@ -37,9 +37,17 @@ from gmssl import sm4 as gm_sm4
 from pyemv import kd
 
 from pipeline.crypto.ciphers import Algorithm, BlockCipher
+from pipeline.crypto.kcv import kcv
 from pipeline.crypto.padding import pad_iso9797_m2
-from pipeline.errors import ConfigError, KeyStoreError
+from pipeline.errors import (
+    ConfigError,
+    InvalidInputError,
+    KeyStoreError,
+    KeyUsageError,
+    PaddingError,
+)
 from pipeline.keys.demo import init_demo_store
+from pipeline.keys.model import DerivationMethod, TranslateCheck
 from pipeline.keys.soft import SoftKeyStore
 from pipeline.prep import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles import load_product, parse_product
@@ -56,7 +64,17 @@ DEMO_KEYS = {k["label"]: bytes.fromhex(str(k["value"])) for k in yaml.safe_load(
 KEK = BlockCipher(Algorithm.TDES, DEMO_KEYS["demo-kek"])
 TK = BlockCipher(Algorithm.TDES, DEMO_KEYS["demo-tk"])
 TK_SM4 = BlockCipher(Algorithm.SM4, DEMO_KEYS["demo-tk-sm4"])
-PIN_BLOCK = bytes.fromhex("241234FFFFFFFFFF")  # ISO 9564 format 2 block for PIN 1234
+PIN_BLOCK = bytes.fromhex("241234FFFFFFFFFF")  # ISO 9564 format 2 block for PIN 1234 (DGI 8010)
+
+
+def _format0(pin_field: str, pan: str) -> bytes:
+    """Independent ISO 9564-1 format 0 encoding: PIN field XOR PAN field."""
+    pan_field = int("0000" + pan[-13:-1], 16)
+    return (int(pin_field.ljust(16, "F"), 16) ^ pan_field).to_bytes(8, "big")
+
+
+# The issuer sends format 0 (PAN-bound); the card gets format 2 in DGI 8010.
+PIN_BLOCK_ISO0 = _format0("041234", "4761739001010119")
 CVV = pad_iso9797_m2(b"123", 8)
 GP = {v["inputs"]["kdd"]: v for v in load_vectors("prep_gp")}
 
@@ -91,7 +109,7 @@ def _card(pan: str, psn: str | None, **kw: Any) -> CardRecord:
 
 RSA_CARDS = [
     _card("4761739001010119", "01", kdd=bytes(10),
-          secrets={"pin_block": KEK.encrypt_ecb(PIN_BLOCK), "cvv": KEK.encrypt_ecb(CVV)}),
+          secrets={"pin_block": KEK.encrypt_ecb(PIN_BLOCK_ISO0), "cvv": KEK.encrypt_ecb(CVV)}),
     _card("4761730000000000003", None, line_no=3, effective=None, discretionary=""),
     _card("4761731234567890", "02", line_no=4, kdd=bytes(range(10)), name="O'NEIL/ANN-MARIE"),
 ]  # fmt: skip
@@ -334,6 +352,18 @@ def test_pboc_card_keys_match_gmssl_sm4(pboc_prepared: list[PreparedCard]) -> No
         assert _dgi(card, 0x9000).value == kcvs
 
 
+def _gmssl_verifier(public_key: bytes) -> gm_sm2.CryptSM2:
+    """gmssl's verifier for ``public_key`` (x || y).
+
+    gmssl's constructor does ``public_key.lstrip("04")`` when the hex starts
+    with "04", which also eats leading '0'/'4' digits of x (1 key in 256):
+    set the attribute after construction so every random key works.
+    """
+    verifier = gm_sm2.CryptSM2(private_key=None, public_key="")
+    verifier.public_key = public_key.hex()
+    return verifier
+
+
 def test_pboc_certificates_verify_with_gmssl(
     store: SoftKeyStore, pboc_prepared: list[PreparedCard]
 ) -> None:
@@ -346,13 +376,13 @@ def test_pboc_certificates_verify_with_gmssl(
         issuer_cert = objects["90"]
         assert len(issuer_cert) == 142 and issuer_cert[0] == 0x12
         assert issuer_cert[14:78] == issuer.public_key
-        ca_verifier = gm_sm2.CryptSM2(private_key=None, public_key=ca.public_key.hex())
+        ca_verifier = _gmssl_verifier(ca.public_key)
         assert ca_verifier.verify_with_sm3(issuer_cert[78:].hex(), issuer_cert[:78])
         cert = objects["9F46"]
         assert len(cert) == 148 and cert[0] == 0x14
         assert cert[1:11].hex().upper().rstrip("F") == record.pan
         assert cert[16:20].hex() == "04001140"
-        verifier = gm_sm2.CryptSM2(private_key=None, public_key=issuer.public_key.hex())
+        verifier = _gmssl_verifier(issuer.public_key)
         assert verifier.verify_with_sm3(cert[84:].hex(), cert[:84] + _static_data(card))
         assert not verifier.verify_with_sm3(cert[84:].hex(), cert[:84] + _static_data(card)[1:])
         # the private key DGI decrypts to d whose public point is the certified key
@@ -460,3 +490,66 @@ def test_configuration_mismatches_fail_at_construction(
     missing["keys"]["imk_ac"] = "no-such-imk"
     with pytest.raises(KeyStoreError):
         _preparer(store, parse_product(missing))
+
+
+# --- store-side checks while translating, and the wrapped-key KCV -----------------
+
+
+def test_translate_pin_block_format0_to_format2(store: SoftKeyStore) -> None:
+    kek, tk = store.active("demo-kek"), store.active("demo-tk")
+    pan = "4761739001010119"
+    out = store.translate(
+        KEK.encrypt_ecb(PIN_BLOCK_ISO0), kek, tk, check=TranslateCheck.PIN_ISO0_TO_ISO2, pan=pan
+    )
+    assert TK.decrypt_ecb(out) == PIN_BLOCK
+
+
+@pytest.mark.parametrize(
+    ("check", "plaintext", "error"),
+    [
+        (TranslateCheck.PIN_ISO0, _format0("341234", "4761739001010119"), InvalidInputError),
+        (TranslateCheck.PIN_ISO0, _format0("021234", "4761739001010119"), InvalidInputError),
+        (TranslateCheck.PIN_ISO0, _format0("04123A", "4761739001010119"), InvalidInputError),
+        (TranslateCheck.PIN_ISO0_TO_ISO2, _format0("0412345", "4761739001010119"),
+         InvalidInputError),
+        (TranslateCheck.ISO9797_M2, b"\x31\x32\x33\x00\x00\x00\x00\x00", PaddingError),
+    ],
+)
+def test_translate_refuses_bad_clear_format(
+    store: SoftKeyStore, check: TranslateCheck, plaintext: bytes, error: type[Exception]
+) -> None:
+    kek, tk = store.active("demo-kek"), store.active("demo-tk")
+    with pytest.raises(error) as info:
+        store.translate(KEK.encrypt_ecb(plaintext), kek, tk, check=check, pan="4761739001010119")
+    assert plaintext.hex() not in str(info.value).lower()
+
+
+def test_translate_under_wrong_kek_is_refused(store: SoftKeyStore) -> None:
+    """A field encrypted under another key decrypts to noise that fails the check."""
+    wrong = BlockCipher(Algorithm.TDES, bytes.fromhex("00" * 8 + "FF" * 8))
+    kek, tk = store.active("demo-kek"), store.active("demo-tk")
+    refused = 0
+    for pin in ("1234", "0000", "987654"):
+        block = _format0(f"0{len(pin)}{pin}", "4761739001010119")
+        with pytest.raises((InvalidInputError, PaddingError)):
+            store.translate(
+                wrong.encrypt_ecb(block), kek, tk, check=TranslateCheck.PIN_ISO0,
+                pan="4761739001010119",
+            )
+        refused += 1
+    assert refused == 3
+
+
+def test_kcv_of_wrapped_matches_derivation(store: SoftKeyStore) -> None:
+    imk, tk = store.active("demo-imk-ac"), store.active("demo-tk")
+    wrapped = store.derive_and_wrap(imk, "4761739001010119", "01", DerivationMethod.OPTION_A, tk)
+    assert store.kcv_of_wrapped(tk, wrapped.ciphertext, wrapped.kcv_method)[:3] == wrapped.kcv[:3]
+    clear = TK.decrypt_ecb(wrapped.ciphertext)
+    assert wrapped.kcv[:3] == kcv(clear, "tdes", 3)
+    tampered = bytes([wrapped.ciphertext[0] ^ 1]) + wrapped.ciphertext[1:]
+    assert store.kcv_of_wrapped(tk, tampered, wrapped.kcv_method)[:3] != wrapped.kcv[:3]
+
+
+def test_kcv_of_wrapped_refuses_non_transport_keys(store: SoftKeyStore) -> None:
+    with pytest.raises(KeyUsageError):
+        store.kcv_of_wrapped(store.active("demo-imk-ac"), bytes(16), "tdes")
