@@ -328,6 +328,9 @@ def _prepare(  # noqa: PLR0917 (internal)
     reasons: Counter[str] = Counter()
     reject_rows: list[dict[str, Any]] = []
     part_path, rejects_path = paths.part(index), paths.part_rejects(index)
+    for path in (part_path, rejects_path):  # temporaries a killed run left behind
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     with PartWriter(part_path) as part:
         for status, rows, rejects in results:
             if status == _ERROR:
