@@ -62,8 +62,8 @@ def make_settings(root: Path, **batch: Any) -> Settings:
     })
 
 
-@pytest.fixture(scope="session")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
+@pytest.fixture(scope="session", name="env")
+def env_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchEnv]:
     root = tmp_path_factory.mktemp("batch")
     store = init_demo_store(root / "keys.db", CONFIG / "demo/keys.yaml",
                             passphrase_file=CONFIG / "demo/hmk-passphrase.txt",
@@ -82,8 +82,8 @@ class Published:
         return Path(self.summary["batch_dir"])
 
 
-@pytest.fixture(scope="session")
-def published(env: BatchEnv) -> Published:
+@pytest.fixture(scope="session", name="published")
+def published_fixture(env: BatchEnv) -> Published:
     """One batch: 120 cards, about 10% injected errors, 3 shards on 2 workers."""
     sample = env.sample("demo-errors.dat", 120, errors=0.1, seed=11)
     summary = run_batch("demo", sample.path, env.settings, shard_size=40, workers=2,

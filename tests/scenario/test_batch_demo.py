@@ -29,7 +29,7 @@ from pipeline.io.parts import iter_part_batches
 from pipeline.io.perso import open_card
 from pipeline.records.dgi import Dgi
 from pipeline.steps.verify import verify_batch
-from tests.scenario.batchkit import DEMO_KEYS, BatchEnv, Published, env, published  # noqa: F401
+from tests.scenario.batchkit import DEMO_KEYS, BatchEnv, Published, env_fixture, published_fixture  # noqa: F401 (fixtures)
 
 RSA_PRODUCT, SM2_PRODUCT = "demo-visa-rsa", "demo-pboc-sm2"
 
