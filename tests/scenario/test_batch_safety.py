@@ -1,0 +1,184 @@
+"""Re-runs, concurrency, crashes and tampering (issues 5 and 8), on small batches.
+
+* a published batch is refused unless forced; a forced re-run is audited, moves
+  the old outputs aside and publishes a batch that verifies;
+* a second run of a file whose batch lock is held refuses with a clear message;
+* a run killed (SIGKILL) in the middle of prepare leaves no part that looks
+  complete; the re-run resumes the finished shards and publishes every card
+  exactly once;
+* an edited part byte, manifest field or bureau record, and an insider who
+  swaps two cards and re-seals the manifest, are all caught by ``verify``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import BatchLockedError, PublishError, VerificationError
+from pipeline.io.lock import exclusive_lock
+from pipeline.io.manifest import seal_manifest, write_manifest
+from pipeline.io.parts import PART_SCHEMA
+from pipeline.io.paths import sha256_file
+from pipeline.keys.model import KeyRef
+from pipeline.steps.batch import run_batch
+from pipeline.steps.verify import verify_batch
+from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
+    BATCH_DATE,
+    BatchEnv,
+    Published,
+    env_fixture,
+    make_settings,
+    published_fixture,
+)
+
+FORK = multiprocessing.get_context("fork")
+
+
+def _failures(exc: pytest.ExceptionInfo[VerificationError]) -> list[str]:
+    return [str(f) for f in exc.value.failures]  # type: ignore[attr-defined]
+
+
+def test_a_published_batch_is_refused(env: BatchEnv, published: Published) -> None:
+    with pytest.raises(PublishError, match=r"already published at .*use force"):
+        run_batch("demo", published.sample.path, env.settings, store=env.store)
+
+
+def _hold_lock(path: str, ready, release) -> None:
+    with exclusive_lock(Path(path), "another run"):
+        ready.set()
+        release.wait(20)
+
+
+def test_a_concurrent_run_of_the_same_file_refuses(env: BatchEnv) -> None:
+    sample = env.sample("concurrent.dat", 5, seed=21)
+    first = run_batch("demo", sample.path, env.settings, dry_run=True)
+    lock = Path(first["batch_dir"]) / ".lock"
+    ready, release = FORK.Event(), FORK.Event()
+    holder = FORK.Process(target=_hold_lock, args=(str(lock), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        with pytest.raises(BatchLockedError, match=r"is being processed by pid \d+: another run"):
+            run_batch("demo", sample.path, env.settings, store=env.store)
+    finally:
+        release.set()
+        holder.join(10)
+    assert not (Path(first["batch_dir"]) / "manifest.json").exists()
+
+
+def test_forced_rerun_is_audited_and_verifies(env: BatchEnv) -> None:
+    sample = env.sample("force.dat", 12, seed=22)
+    one = run_batch("demo", sample.path, env.settings, workers=1, store=env.store)
+    two = run_batch("demo", sample.path, env.settings, workers=1, force=True, store=env.store)
+    assert one["batch_id"] == two["batch_id"] and two["counts"] == one["counts"]
+    batch_dir = Path(two["batch_dir"])
+    old = list((batch_dir / "superseded").glob("*/manifest.json"))
+    assert len(old) == 1 and json.loads(old[0].read_text())["batch_id"] == one["batch_id"]
+    assert verify_batch(batch_dir, env.settings, store=env.store)["ok"]
+    events = [json.loads(line) for line in (env.root / "audit.jsonl").read_text().splitlines()]
+    forced = [e for e in events if e["action"] == "batch.force_rerun"]
+    assert forced and forced[-1]["subject"] == f"batch {one['batch_id']}"
+    assert env.store.audit_trail.verify().ok
+
+
+def _run_in_child(root: str, path: str) -> None:
+    settings = make_settings(Path(root), chunk_size=4)
+    run_batch("demo", path, settings, shard_size=6, workers=1)
+
+
+def test_sigkill_during_prepare_then_rerun_publishes_each_card_once(env: BatchEnv) -> None:
+    sample = env.sample("crash.dat", 30, seed=23)
+    settings = make_settings(env.root, chunk_size=4)
+    plan = run_batch("demo", sample.path, settings, dry_run=True)
+    parts = Path(plan["batch_dir"]) / "parts"
+    child = FORK.Process(target=_run_in_child, args=(str(env.root), str(sample.path)))
+    child.start()
+    deadline = time.monotonic() + 120
+    while not (parts / "part-00001.parquet").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert (parts / "part-00001.parquet").exists()
+    assert not (Path(plan["batch_dir"]) / "manifest.json").exists()
+    for part in parts.glob("part-*[0-9].parquet"):  # every visible part is complete
+        pq.read_metadata(part)
+    summary = run_batch("demo", sample.path, settings, shard_size=6, workers=1, store=env.store)
+    assert summary["timings"]["resumed_shards"] >= 2
+    assert summary["counts"]["in"] == 30 == summary["counts"]["prepared"]
+    assert not list(parts.glob(".*.tmp"))
+    result = verify_batch(plan["batch_dir"], settings, store=env.store)
+    assert result["cards_checked"] == 30
+
+
+@pytest.fixture
+def copy(env: BatchEnv, published: Published, tmp_path: Path) -> Path:
+    """A copy of the published batch under another storage root (same relative layout)."""
+    target = tmp_path / "var" / "batches" / "demo" / published.batch_dir.name
+    shutil.copytree(published.batch_dir, target)
+    return target
+
+
+def test_a_flipped_part_byte_is_detected(env: BatchEnv, copy: Path) -> None:
+    part = copy / "parts" / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    part.write_bytes(bytes(data))
+    with pytest.raises(VerificationError) as exc:
+        verify_batch(copy, env.settings, store=env.store)
+    assert any("part-00000.parquet [sha256]" in f for f in _failures(exc))
+
+
+def test_an_edited_manifest_field_breaks_the_mac(env: BatchEnv, copy: Path) -> None:
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["counts"]["prepared"] += 1
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(VerificationError, match=r"manifest.json \[mac\]"):
+        verify_batch(copy, env.settings, store=env.store)
+
+
+def test_an_edited_bureau_record_is_detected(env: BatchEnv, copy: Path) -> None:
+    path = next((copy / "bureau").glob("*.cps"))
+    lines = path.read_text().splitlines(keepends=True)
+    fields = lines[1].split("|")
+    fields[2] = str(int(fields[2]) + 1000)  # another input line
+    lines[1] = "|".join(fields)
+    path.write_text("".join(lines))
+    with pytest.raises(VerificationError) as exc:
+        verify_batch(copy, env.settings, store=env.store)
+    found = _failures(exc)
+    assert any("[sha256]" in f for f in found) and any("[hash]" in f for f in found)
+
+
+def test_an_insider_who_swaps_cards_and_reseals_is_caught(env: BatchEnv, copy: Path) -> None:
+    """Even with the manifest MAC key, moving sealed card data between rows fails binding."""
+    part = copy / "parts" / "part-00000.parquet"
+    table = pq.read_table(part)
+    data = table.column("card_data").to_pylist()
+    data[0], data[1] = data[1], data[0]
+    swapped = table.set_column(
+        PART_SCHEMA.get_field_index("card_data"), "card_data", pa.array(data, pa.binary())
+    )
+    pq.write_table(swapped.replace_schema_metadata(table.schema.metadata), part)
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "parts/part-00000.parquet":
+            entry["sha256"], entry["size"] = sha256_file(part), part.stat().st_size
+    mac_key = KeyRef.parse(manifest["mac"]["key"])
+    write_manifest(path, seal_manifest(manifest, env.store, mac_key))
+    with pytest.raises(VerificationError) as exc:
+        verify_batch(copy, env.settings, store=env.store)
+    found = _failures(exc)
+    assert any("[card binding]" in f for f in found)
+    assert any("[bureau record]" in f for f in found)
