@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline.cli.custodians",
     "pipeline.cli.audit",
     "pipeline.cli.batch",
+    "pipeline.cli.keypool",
 )
 
 
