@@ -58,7 +58,7 @@ def test_steps_one_by_one_return_xcom_safe_values_and_leak_nothing(
     assert len(pans) > 10
     some = sorted(pans)[0]  # the scanners do find what they look for
     assert luhn_runs(json.dumps({"x": some})) or not luhn_valid_pan(some)
-    assert key_hex_hits("..." + "11111111111111112222222222222222" + "...") == ["demo-tk"]
+    assert "demo-tk" in key_hex_hits("..." + "11111111111111112222222222222222" + "...")
     waiting = detect("demo", env.settings)
     assert str(sample.path) in waiting
     parsed = verify_and_parse("demo", sample.path, env.settings, store=env.store)
