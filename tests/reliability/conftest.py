@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.keys.demo import init_demo_store
 from pipeline.keys.soft import SoftKeyStore
+from tests.reliability.enginekit import World, make_template
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -26,3 +27,15 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftKeyStor
     )
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def template_world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """A demo installation (settings, key store, storage) to clone per test."""
+    return make_template(tmp_path_factory.mktemp("world") / "template")
+
+
+@pytest.fixture
+def world(template_world: World, tmp_path: Path) -> World:
+    """A private copy of the template installation."""
+    return template_world.clone(tmp_path / "world")
