@@ -140,7 +140,7 @@ def build(issuer: str) -> Any:
             scheduled = dag_run is not None and str(dag_run.run_type) == "scheduled"
             return PokeReturnValue(bool(files) or not scheduled, files)
 
-        @task
+        @task(multiple_outputs=False)
         def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
             from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
 
@@ -161,14 +161,18 @@ def build(issuer: str) -> Any:
             with fail_fast_on_permanent_errors():
                 return [s for p in as_list(parsed) for s in step(p, int(params["shard_size"]))]
 
-        @task(pool=POOL, map_index_template="{{ task.op_kwargs['shard']['index'] }}")
+        @task(
+            multiple_outputs=False,
+            pool=POOL,
+            map_index_template="{{ task.op_kwargs['shard']['index'] }}",
+        )
         def prepare(shard: dict[str, Any]) -> dict[str, Any]:
             from pipeline.steps.prepare import prepare_shard  # noqa: PLC0415
 
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return prepare_shard(shard, settings, store=store)
 
-        @task(trigger_rule="none_failed")
+        @task(multiple_outputs=False, trigger_rule="none_failed")
         def publish(
             parsed: dict[str, Any],
             shard_results: list[dict[str, Any]] | None,
@@ -186,14 +190,14 @@ def build(issuer: str) -> Any:
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(parsed, mine, settings, force=params["force"], store=store)
 
-        @task
+        @task(multiple_outputs=False)
         def reconcile(published: dict[str, Any]) -> dict[str, Any]:
             from pipeline.steps.reconcile import reconcile as step  # noqa: PLC0415
 
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(published, settings, store=store)
 
-        @task(trigger_rule="none_failed")
+        @task(multiple_outputs=False, trigger_rule="none_failed")
         def summary(parsed: list[dict[str, Any]] | None,
                     reconciled: list[dict[str, Any]] | None) -> dict[str, Any]:  # fmt: skip
             """One line per batch: counts and where the report is (also the run's XCom)."""

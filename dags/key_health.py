@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
     },
 )
 def key_health() -> None:
-    @task
+    @task(multiple_outputs=False)
     def check_keys(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """pipeline.steps.key_health.key_health over the store the Connection opens."""
         from pipeline.steps.key_health import key_health as step  # noqa: PLC0415 (parse time)

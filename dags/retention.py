@@ -50,7 +50,7 @@ SECTION = CFG.section("retention")
     },
 )
 def retention() -> None:
-    @task
+    @task(multiple_outputs=False)
     def purge_expired(params: dict[str, Any] | None = None) -> dict[str, Any]:
         """pipeline.steps.retention.purge_expired over the configured storage."""
         from pipeline.steps.retention import purge_expired as step  # noqa: PLC0415 (parse time)

@@ -90,7 +90,9 @@ def test_card_batch_shape(bag: DagBag, issuer: str) -> None:
     assert down["reconcile"] == {"summary"}
     sensor = tasks["wait_for_files"]
     assert sensor.mode == "reschedule" and sensor.soft_fail is True
-    assert sensor.poke_interval == DAGS_YAML["card_batch"]["wait_for_files"]["poke_interval_seconds"]
+    assert (
+        sensor.poke_interval == DAGS_YAML["card_batch"]["wait_for_files"]["poke_interval_seconds"]
+    )
     assert sensor.timeout == DAGS_YAML["card_batch"]["wait_for_files"]["timeout_seconds"]
     prepare = tasks["prepare"]
     assert prepare.pool == DAGS_YAML["card_batch"]["pool"] == "hsm"

@@ -1,0 +1,198 @@
+"""card_batch through ``dag.test()``: the same batch as the CLI, XCom free of secrets, refusals.
+
+One demo environment per module (key store with the TEST keys, a 40-card
+sample with injected errors).  ``dag.test()`` runs every task in this
+process, mapped shards one after another, exactly the DAG the scheduler
+runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models.pool import Pool
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XComModel
+from airflow.utils.session import create_session
+
+from pipeline.io.manifest import load_manifest
+from pipeline.keys.settings import load_settings
+from pipeline.records.layout import load_layout
+from pipeline.records.parse import iter_records
+from pipeline.steps.batch import run_batch
+from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env, write_settings
+
+SHARD = 16
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnv]:
+    demo = make_demo_env(tmp_path_factory.mktemp("card-batch"), cards=40)
+    saved = os.environ.get("CARDPREP_SETTINGS")
+    os.environ["CARDPREP_SETTINGS"] = str(demo.settings_path)
+    Pool.create_or_update_pool("hsm", 2, "cardprep key store sessions", include_deferred=False)
+    yield demo
+    if saved is None:
+        os.environ.pop("CARDPREP_SETTINGS", None)
+    else:
+        os.environ["CARDPREP_SETTINGS"] = saved
+
+
+@pytest.fixture(scope="module")
+def bag() -> DagBag:
+    return DagBag(dag_folder=str(CONFIG.parent / "dags"))
+
+
+@pytest.fixture(scope="module")
+def first_run(env: DemoEnv, bag: DagBag) -> Any:
+    """The demo sample through card_batch_demo (every new file: the one sample)."""
+    return bag.dags["card_batch_demo"].test(run_conf={"shard_size": SHARD, "file": ""})
+
+
+def _task_states(run: Any) -> dict[tuple[str, int], tuple[str, int]]:
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+        )
+        return {(t.task_id, t.map_index): (str(t.state), t.try_number) for t in rows}
+
+
+def _xcoms(run: Any) -> list[tuple[str, str]]:
+    with create_session() as session:
+        rows = session.query(XComModel).filter(
+            XComModel.dag_id == run.dag_id, XComModel.run_id == run.run_id
+        )
+        return [(x.task_id, json.dumps(x.value)) for x in rows if x.key == "return_value"]
+
+
+def _batch_dir(env: DemoEnv) -> Path:
+    (batch,) = (env.storage / "batches" / "demo").iterdir()
+    return batch
+
+
+def test_dag_run_succeeds_with_mapped_shards(first_run: Any) -> None:
+    assert str(first_run.state) == "success"
+    states = _task_states(first_run)
+    prepared = [k for k in states if k[0] == "prepare"]
+    assert len(prepared) >= 2  # 40 cards with injected errors, 16 per shard
+    assert all(states[k][0] == "success" for k in prepared)
+    assert states[("reconcile", 0)][0] == "success" and states[("summary", -1)][0] == "success"
+
+
+def _comparable(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What must match between two preparations of the same file (not times, not card bytes)."""
+    return {k: manifest[k] for k in ("batch_id", "issuer", "input", "counts", "shards",
+                                     "products", "keys", "data_key", "format")}  # fmt: skip
+
+
+def test_same_manifest_and_reconciliation_as_the_cli(env: DemoEnv, first_run: Any) -> None:
+    dag_manifest = load_manifest(_batch_dir(env) / "manifest.json")
+    cli_settings = write_settings(env.root, env.root / "store-cli", env.inbound)
+    summary = run_batch("demo", env.sample, load_settings(cli_settings), shard_size=SHARD)
+    cli_manifest = load_manifest(Path(summary["manifest"]))
+    assert _comparable(dag_manifest) == _comparable(cli_manifest)
+    c = dag_manifest["counts"]
+    assert c["in"] == 40 == c["prepared"] + c["rejected"] and c["prepared"] > 0
+    expected = json.loads(env.sample.with_name(env.sample.name + ".expected.json").read_text())
+    assert c["rejected"] >= len(expected.get("rejects", expected)) > 0
+    (xcom,) = [v for t, v in _xcoms(first_run) if t == "summary"]
+    published = json.loads(xcom)["published"][0]
+    assert published["counts"] == summary["counts"]
+    assert published["per_reason"] == summary["per_reason"]
+    assert Path(published["report_html"]).exists() and Path(published["report_json"]).exists()
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _secrets() -> list[str]:
+    keys = yaml.safe_load((CONFIG / "demo" / "keys.yaml").read_text())
+    items = keys["keys"] if isinstance(keys, dict) and "keys" in keys else keys
+    values = [str(k["value"]).upper() for k in items]
+    assert values and all(len(v) >= 32 for v in values)
+    return values
+
+
+def test_tasks_push_one_xcom_each(first_run: Any) -> None:
+    """Dict results stay one XCom (multiple_outputs=False), not one row per key."""
+    with create_session() as session:
+        keys = {
+            x.key
+            for x in session.query(XComModel).filter(
+                XComModel.dag_id == first_run.dag_id, XComModel.run_id == first_run.run_id
+            )
+        }
+    assert keys == {"return_value"}
+
+
+def test_xcom_holds_no_pan_and_no_key(env: DemoEnv, first_run: Any) -> None:
+    with create_session() as session:
+        xcoms = [
+            (x.task_id, json.dumps(x.value))
+            for x in session.query(XComModel).filter(
+                XComModel.dag_id == first_run.dag_id, XComModel.run_id == first_run.run_id
+            )
+        ]
+    assert {t for t, _ in xcoms} >= {"wait_for_files", "verify_and_parse", "plan_shards",
+                                     "prepare", "publish", "reconcile", "summary"}  # fmt: skip
+    issuer = yaml.safe_load((CONFIG / "issuers" / "demo.yaml").read_text())
+    pans = {r.fields.get("pan", "") for r in iter_records(env.sample, load_layout(
+        issuer["layout"], CONFIG))} - {""}  # fmt: skip
+    assert len(pans) > 30
+    secrets = _secrets()
+    for task_id, text in xcoms:
+        for run in re.findall(r"(?<!\d)\d{13,19}(?!\d)", text):
+            assert not _luhn_ok(run), f"{task_id}: Luhn-valid digit run in XCom"
+        for pan in pans:
+            assert pan not in text, f"{task_id}: a PAN of the input file in XCom"
+        upper = text.upper()
+        for secret in secrets:
+            assert secret not in upper, f"{task_id}: demo key hex in XCom"
+
+
+def test_retrigger_of_a_published_file_is_refused_at_once(
+    env: DemoEnv, bag: DagBag, first_run: Any
+) -> None:
+    manifest = (_batch_dir(env) / "manifest.json").read_bytes()
+    run = bag.dags["card_batch_demo"].test(run_conf={"file": env.sample.name})
+    assert str(run.state) == "failed"
+    states = _task_states(run)
+    assert states[("verify_and_parse", 0)] == ("failed", 1)  # no retry for a permanent error
+    assert states[("prepare", -1)][0] in ("upstream_failed", "skipped", "None")
+    assert (_batch_dir(env) / "manifest.json").read_bytes() == manifest
+
+
+def test_nothing_new_is_a_quiet_success(env: DemoEnv, bag: DagBag, first_run: Any) -> None:
+    # Explicit conf: in one process, dag.test() keeps an earlier run's conf in the DAG's params.
+    run = bag.dags["card_batch_demo"].test(run_conf={"file": "", "dry_run": False})
+    assert str(run.state) == "success"
+    (xcom,) = [v for t, v in _xcoms(run) if t == "summary"]
+    assert json.loads(xcom) == {"issuer": "demo", "published": [], "checked": []}
+
+
+def test_dry_run_verifies_and_writes_nothing(env: DemoEnv, bag: DagBag, first_run: Any) -> None:
+    from pipeline.records.sample import write_sample
+
+    other = env.inbound / "demo" / "dry.dat"
+    write_sample("demo", 12, other, error_rate=0.0, seed=11, config_dir=CONFIG)
+    before = sorted((env.storage / "batches" / "demo").iterdir())
+    run = bag.dags["card_batch_demo"].test(run_conf={"file": other.name, "dry_run": True})
+    assert str(run.state) == "success"
+    states = _task_states(run)
+    assert states[("publish", 0)][0] == "skipped"
+    assert sorted((env.storage / "batches" / "demo").iterdir()) == before
+    other.unlink()
+    other.with_name(other.name + ".expected.json").unlink(missing_ok=True)
