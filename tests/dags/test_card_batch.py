@@ -27,6 +27,7 @@ from pipeline.io.manifest import load_manifest
 from pipeline.keys.settings import load_settings
 from pipeline.records.layout import load_layout
 from pipeline.records.parse import iter_records
+from pipeline.records.sample import write_sample
 from pipeline.steps.batch import run_batch
 from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env, write_settings
 
@@ -184,8 +185,6 @@ def test_nothing_new_is_a_quiet_success(env: DemoEnv, bag: DagBag, first_run: An
 
 
 def test_dry_run_verifies_and_writes_nothing(env: DemoEnv, bag: DagBag, first_run: Any) -> None:
-    from pipeline.records.sample import write_sample
-
     other = env.inbound / "demo" / "dry.dat"
     write_sample("demo", 12, other, error_rate=0.0, seed=11, config_dir=CONFIG)
     before = sorted((env.storage / "batches" / "demo").iterdir())
