@@ -245,6 +245,7 @@ class Validator:
             f.name for f in detail.fields if not f.secret and f.name not in CANONICAL_FIELDS
         )
         self._blanks = ("",) * len(self._extra)
+        self._product_for_pan = issuer.product_for_pan
         block = issuer.kek_block_size
         self._secrets = tuple(
             (f.name, f.padding is SecretPadding.NONE, f.limit) for f in layout.secret_fields
@@ -282,7 +283,7 @@ class Validator:
         if not luhn_valid(pan):
             return self._reject(raw, RejectReason.PAN_LUHN, "pan",
                                 "Luhn check digit is wrong", pan=pan)
-        product = self.issuer.product_for_pan(pan)
+        product = self._product_for_pan(pan)
         if product is None:
             return self._reject(raw, RejectReason.UNKNOWN_BIN, "pan",
                                 f"no product configured for BIN {pan[:6]}", pan=pan)
@@ -315,9 +316,11 @@ class Validator:
                                 f"{service_code[:3]!r} is not a valid ISO/IEC 7813 service code",
                                 product=product, pan=pan)
         name = f["name"]
-        problem = name_problem(name)
-        if problem is not None:
-            return self._reject(raw, problem[0], "name", problem[1], product=product, pan=pan)
+        if not (NAME_MIN <= len(name) <= NAME_MAX and _NAME_RE.fullmatch(name) and name.strip()):
+            problem = name_problem(name)
+            if problem is not None:
+                return self._reject(raw, problem[0], "name", problem[1], product=product,
+                                    pan=pan)
         # -- other fields -------------------------------------------------------------
         for fname, min_len, limit, pattern, what in self._generic:
             value = f.get(fname, "")
@@ -386,5 +389,5 @@ class Validator:
             discretionary=discretionary,
             kdd=bytes.fromhex(kdd_hex) if kdd_hex else None,
             secrets=secrets,
-            extra=dict(zip(self._extra, map(f.get, self._extra, self._blanks), strict=True)),
+            extra={k: f.get(k, "") for k in self._extra} if self._extra else {},
         )
