@@ -1,0 +1,166 @@
+"""Crash and re-run: SIGKILL ``cardprep run`` at random points, re-run, nothing lost or doubled.
+
+Issue 8 "Crash and re-run".  The engine offers no kill-point hook, so each
+kill is a real ``SIGKILL`` of a ``cardprep run`` subprocess after a random
+delay drawn over the measured duration of an uninterrupted run (so kills
+land in start-up, parse, prepare, publish and reconcile alike).  Several
+chains, each a fresh input file: kill, kill again, ..., then run to the end.
+After every kill:
+
+* a batch directory either has no ``manifest.json`` (not published: nothing
+  looks complete) or is complete and verifies (the manifest is the commit
+  marker, written last);
+
+and after the final run:
+
+* ``cardprep verify`` passes; records in = prepared + rejected = the file's
+  record count; the manifest lists exactly the Parquet parts on disk (no
+  temporary or leftover file counted);
+* no card twice: input line numbers unique across parts and rejects, every
+  ICC public key (SHA-256) unique;
+* ``cardprep audit verify`` passes (the key-management trail survived the kills).
+
+Seeded (``CARDPREP_CRASH_SEED`` to replay), ``KILLS_PER_CHAIN`` x ``CHAINS`` kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.cli.main import main
+from pipeline.errors import AuditError
+from pipeline.io.parts import iter_part_batches
+from pipeline.io.paths import batch_id_for, sha256_file
+from pipeline.keys.model import KeyAlgorithm, KeyRole, KeyUsage
+from pipeline.keys.soft import SoftKeyStore
+from tests.reliability.enginekit import World
+
+CHAINS = 3
+KILLS_PER_CHAIN = 7
+CARDS = 30
+UNSEALED_TAIL = (
+    "a SIGKILL between AuditTrail.append's line write and its head-seal write leaves a "
+    "MAC-valid last line one past the sealed head: `audit verify` then fails for good and "
+    "every later append (so every audited key operation) is refused; store-core engineer, "
+    "pipeline/audit/trail.py: accept/re-seal one trailing line whose chain and MAC verify "
+    "(it cannot be forged without the audit key), or write the head as part of the line"
+)
+SEED = int(os.environ.get("CARDPREP_CRASH_SEED", "20250115"))
+
+
+def _kill_after(world: World, sample: Path, delay: float) -> tuple[str, str]:
+    """Start ``cardprep run``, SIGKILL it after ``delay`` s; (how it ended, stderr tail)."""
+    proc = world.popen("run", "--issuer", "demo", "--file", str(sample))
+    try:
+        proc.wait(timeout=delay)
+        ended = f"finished (rc {proc.returncode}) before the kill"
+    except Exception:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        ended = "killed"
+    _, err = proc.communicate()
+    return ended, err[-400:]
+
+
+def _main(world: World, *args: str) -> int:
+    return main([*args, "--settings", str(world.settings)])
+
+
+def _check_consistent(world: World) -> None:
+    """After any kill: a batch is either unpublished or complete and verifiable."""
+    for batch in world.batches():
+        if (batch / "manifest.json").exists():
+            assert _main(world, "verify", str(batch), "--no-rederive") == 0, batch.name
+
+
+def _parts(batch: Path, manifest: dict[str, Any]) -> tuple[list[int], list[str]]:
+    lines: list[int] = []
+    keys: list[str] = []
+    for f in manifest["files"]:
+        if f["kind"] == "part":
+            for cols in iter_part_batches(batch / f["path"]):
+                lines += cols["line_no"]
+                keys += cols["icc_pk_sha256"]
+    return lines, keys
+
+
+def _check_final(world: World, sample: Path, records: int) -> None:
+    batch = world.storage / "batches" / "demo" / batch_id_for(sha256_file(sample))
+    assert _main(world, "verify", str(batch)) == 0, batch.name
+    manifest = json.loads((batch / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["in"] == records == c["prepared"] + c["rejected"]
+    lines, keys = _parts(batch, manifest)
+    assert len(lines) == c["prepared"] and len(set(lines)) == len(lines), "a card twice"
+    assert len(set(keys)) == len(keys), "an ICC key pair used twice"
+    listed = {f["path"] for f in manifest["files"] if f["kind"] == "part"}
+    on_disk = {p.relative_to(batch).as_posix() for p in (batch / "parts").glob("part-*.parquet")
+               if not p.name.endswith(".rejects.parquet")}  # fmt: skip
+    assert on_disk == listed, f"parts on disk {sorted(on_disk)} != manifest {sorted(listed)}"
+    for f in manifest["files"]:
+        assert ".tmp" not in f["path"] and not Path(f["path"]).name.startswith(".")
+    rejects = json.loads(json.dumps(c.get("per_reason", {})))
+    assert sum(rejects.values()) == c["rejected"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_rerun(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = random.Random(SEED)
+    calibrate = world.sample(CARDS, seed=1, errors=0.1, name="calibrate.dat")
+    started = time.monotonic()
+    r = world.cli("run", "--issuer", "demo", "--file", str(calibrate.path))
+    duration = time.monotonic() - started
+    assert r.returncode == 0, r.stderr
+    _check_final(world, calibrate.path, CARDS)
+    kills: list[tuple[float, str]] = []
+    for chain in range(CHAINS):
+        sample = world.sample(CARDS, seed=100 + chain, errors=0.1, name=f"chain-{chain}.dat")
+        for _ in range(KILLS_PER_CHAIN):
+            delay = rng.uniform(0.15, 1.0) * duration
+            ended, err = _kill_after(world, sample.path, delay)
+            kills.append((round(delay, 3), ended))
+            assert "Traceback" not in err or ended == "killed", err
+            _check_consistent(world)
+        r = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
+        if r.returncode != 0:  # the last kill may have come after the manifest: published
+            if "head seal" in r.stderr:
+                pytest.xfail(UNSEALED_TAIL)
+            assert "published" in r.stderr, r.stderr
+        _check_final(world, sample.path, CARDS)
+        # a published batch is never prepared twice without --force
+        again = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
+        assert again.returncode != 0 and "publish" in again.stderr.lower(), again.stderr
+    assert sum(1 for _, ended in kills if ended == "killed") >= 20, kills
+    capsys.readouterr()
+    if _main(world, "audit", "verify") != 0:
+        text = capsys.readouterr().out
+        if "head seal says" in text:  # the kill landed in the append/seal window
+            pytest.xfail(UNSEALED_TAIL)
+        pytest.fail(f"audit trail broken after the kills: {text}")
+
+
+@pytest.mark.xfail(strict=True, reason=UNSEALED_TAIL)
+def test_audit_trail_survives_a_kill_between_line_and_seal(tmp_path: Path) -> None:
+    """Deterministic replay of that kill: the line is on disk, the head still the old one."""
+    store = SoftKeyStore.create(tmp_path / "keys.db", bytes(range(32)), actor="officer-1")
+    head = store.audit_trail.head_path
+    before = head.read_bytes()
+    store.generate("k1", KeyAlgorithm.AES256, KeyUsage.D0, KeyRole.DATA, "issuer:t",
+                   actor="officer-1")  # fmt: skip
+    head.write_bytes(before)  # what SIGKILL after the line's fsync, before os.replace, leaves
+    assert store.audit_trail.verify().ok
+    try:
+        store.generate("k2", KeyAlgorithm.AES256, KeyUsage.D0, KeyRole.DATA, "issuer:t",
+                       actor="officer-1")  # fmt: skip
+    except AuditError as exc:
+        pytest.fail(f"the store is bricked by one interrupted append: {exc}")
