@@ -23,10 +23,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.audit.trail import canonical
+from pipeline.errors import CardprepError
 from pipeline.io.atomic import write_text_atomic
+from pipeline.keys.model import KeyRef
+from pipeline.keys.store import KeyStore
 from pipeline.records.reasons import RejectReason
 
-__all__ = ["reason_rows", "render_html", "write_report"]
+__all__ = [
+    "REPORT_PURPOSE",
+    "reason_rows",
+    "render_html",
+    "seal_report",
+    "verify_report_mac",
+    "write_report",
+]
+
+#: The report is written after the manifest, so it cannot be listed in it;
+#: report.json carries its own MAC (``store.mac(key, canonical JSON, "report")``
+#: under the manifest's key) and report.html must render from it.
+REPORT_PURPOSE = "report"
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -142,5 +158,37 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 def write_report(json_path: Path, html_path: Path, report: Mapping[str, Any]) -> None:
     """Write ``report.json`` and ``report.html`` atomically."""
-    write_text_atomic(json_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    write_text_atomic(html_path, render_html(report))
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    write_text_atomic(json_path, text)
+    # rendered from the JSON as written, so that verify can render it again and compare
+    write_text_atomic(html_path, render_html(json.loads(text)))
+
+
+def _report_body(report: Mapping[str, Any]) -> bytes:
+    return canonical({k: v for k, v in report.items() if k != "mac"})
+
+
+def seal_report(report: Mapping[str, Any], store: KeyStore, key: KeyRef) -> dict[str, Any]:
+    """``report`` with a ``mac`` member (key, KCV, value) over its canonical JSON."""
+    mac = store.mac(key, _report_body(report), REPORT_PURPOSE)
+    sealed = {k: v for k, v in report.items() if k != "mac"}
+    sealed["mac"] = {
+        "key": str(key),
+        "kcv": store.get(key).kcv.hex().upper(),
+        "purpose": REPORT_PURPOSE,
+        "value": mac.hex().upper(),
+    }
+    return sealed
+
+
+def verify_report_mac(store: KeyStore, report: Mapping[str, Any]) -> bool:
+    """True when the report's ``mac`` member verifies with ``store``."""
+    member = report.get("mac")
+    if not isinstance(member, Mapping):
+        return False
+    try:
+        key = KeyRef.parse(str(member.get("key")))
+        value = bytes.fromhex(str(member.get("value")))
+        return store.verify_mac(key, _report_body(report), value, REPORT_PURPOSE)
+    except (CardprepError, ValueError):
+        return False

@@ -30,7 +30,7 @@ from pipeline.errors import ReconciliationError
 from pipeline.io.manifest import load_manifest, verify_manifest_mac
 from pipeline.io.paths import sha256_file
 from pipeline.io.perso import read_bureau_file
-from pipeline.io.report import reason_rows, write_report
+from pipeline.io.report import reason_rows, seal_report, write_report
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.steps.audit import audit_batch
@@ -155,6 +155,8 @@ def reconcile(
         "manifest_mac": {"key": str(mac_key), "kcv": manifest["mac"]["kcv"]},
         "audit_seq": seq,
     }
+    with opened_store(settings, store) as ks:
+        report = seal_report(report, ks, mac_key)
     write_report(paths.report_json, paths.report_html, report)
     if paths.staging.exists():
         shutil.rmtree(paths.staging)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.audit.masking import mask_pan
@@ -54,6 +55,7 @@ from pipeline.io.manifest import load_manifest, verify_manifest_mac
 from pipeline.io.parts import iter_part_batches
 from pipeline.io.paths import sha256_file
 from pipeline.io.perso import BureauCard, open_card, read_bureau_file
+from pipeline.io.report import render_html, verify_report_mac
 from pipeline.keys.model import KeyRef
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -280,22 +282,56 @@ def _check_card(  # noqa: PLR0917 (internal)
     _check_kcvs(ks, p, by_id, json.loads(row["kcvs"]), pan, psn, rederive)
 
 
+def _skip(cards: Iterator[BureauCard], n: int) -> Iterator[BureauCard]:
+    """Advance the bureau records past a part whose contents are not read."""
+    try:
+        for _ in range(n):
+            next(cards, None)
+    except VerificationError:
+        return iter(())
+    return cards
+
+
 def _part_rows(path: Path) -> Iterator[dict[str, Any]]:
     for cols in iter_part_batches(path, 512):
         for i in range(len(cols["line_no"])):
             yield {k: v[i] for k, v in cols.items()}
 
 
-def _check_files(base: Path, manifest: dict[str, Any], run: _Run) -> None:
+def _check_files(base: Path, manifest: dict[str, Any], run: _Run) -> set[str]:
+    """Size and SHA-256 of every listed file; returns the paths that failed (contents unread)."""
+    bad: set[str] = set()
     for entry in manifest.get("files", []):
         path = base / entry["path"]
         if not path.exists():
             run.fail(str(path), "exists", "listed in the manifest but missing")
+            bad.add(entry["path"])
             continue
         if path.stat().st_size != entry["size"]:
             run.fail(str(path), "size", f"{path.stat().st_size} bytes, manifest {entry['size']}")
+            bad.add(entry["path"])
         if sha256_file(path) != entry["sha256"]:
             run.fail(str(path), "sha256", "differs from the manifest")
+            bad.add(entry["path"])
+    return bad
+
+
+def _check_report(ks: KeyStore, base: Path, run: _Run) -> None:
+    """report.json carries a MAC (written after the manifest); report.html must render from it."""
+    json_path, html_path = base / "report.json", base / "report.html"
+    if not json_path.exists():
+        return
+    try:
+        report = json.loads(json_path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        run.fail(str(json_path), "report", "not a JSON object")
+        return
+    if not verify_report_mac(ks, report):
+        run.fail(str(json_path), "report mac", "MAC missing or does not verify")
+    if not html_path.exists() or html_path.read_text(encoding="utf-8") != render_html(report):
+        run.fail(str(html_path), "report", "does not match report.json")
 
 
 def _check_keys(ks: KeyStore, manifest: dict[str, Any], run: _Run, where: str) -> None:
@@ -309,18 +345,25 @@ def _check_keys(ks: KeyStore, manifest: dict[str, Any], run: _Run, where: str) -
             run.fail(where, "key kcv", f"{k['ref']} has KCV {kcv}, manifest says {k['kcv']}")
 
 
-def _check_counts(base: Path, manifest: dict[str, Any], run: _Run, where: str) -> None:
+def _check_counts(
+    base: Path, manifest: dict[str, Any], run: _Run, where: str, bad: set[str]
+) -> None:
     counts = manifest["counts"]
     if counts["in"] != counts["prepared"] + counts["rejected"]:
         run.fail(where, "counts", "in != prepared + rejected")
-    rejects = [base / f["path"] for f in manifest["files"] if f["kind"] == "rejects"]
+    rejects = [f["path"] for f in manifest["files"] if f["kind"] == "rejects"]
+    if any(p in bad for p in rejects):
+        return  # its hash failed: reading it could only add noise (or crash)
     reasons: Counter[str] = Counter()
     per_product_rej: Counter[str] = Counter()
-    for path in rejects:
-        if path.exists():
-            table = pq.read_table(path, columns=["code", "product"])
-            reasons.update(table.column("code").to_pylist())
-            per_product_rej.update(p or "(none)" for p in table.column("product").to_pylist())
+    for rel in rejects:
+        try:
+            table = pq.read_table(base / rel, columns=["code", "product"])
+        except (OSError, pa.ArrowException) as exc:
+            run.fail(str(base / rel), "parquet", f"unreadable ({type(exc).__name__})")
+            return
+        reasons.update(table.column("code").to_pylist())
+        per_product_rej.update(p or "(none)" for p in table.column("product").to_pylist())
     if dict(reasons) != counts["per_reason"]:
         run.fail(
             where,
@@ -362,10 +405,11 @@ def verify_batch(
     with opened_store(settings, store) as ks:
         mac_key = verify_manifest_mac(manifest, ks, where)
         _check_keys(ks, manifest, run, where)
-        _check_files(base, manifest, run)
-        _check_counts(base, manifest, run, where)
+        bad = _check_files(base, manifest, run)
+        _check_counts(base, manifest, run, where, bad)
+        _check_report(ks, base, run)
         if cards:
-            checked = _check_cards(ks, paths, manifest, bs.config_dir, run, rederive)
+            checked = _check_cards(ks, paths, manifest, bs.config_dir, run, rederive, bad)
     elapsed = round(time.monotonic() - started, 3)
     if run.failures:
         first = run.failures[0]
@@ -399,6 +443,7 @@ def _check_cards(  # noqa: PLR0917 (internal)
     config_dir: Path,
     run: _Run,
     rederive: bool,
+    bad: set[str],
 ) -> int:
     base, where = paths.base, str(paths.manifest)
     products: dict[str, _Product | None] = {}
@@ -420,45 +465,54 @@ def _check_cards(  # noqa: PLR0917 (internal)
     checked = 0
     for entry in (f for f in manifest["files"] if f["kind"] == "part"):
         part = base / entry["path"]
-        if not part.exists():
+        if entry["path"] in bad:
+            bureau = _skip(bureau, int(entry.get("rows", 0)))
             continue
-        for row in _part_rows(part):
-            checked += 1
-            line = int(row["line_no"])
-            at = f"{part} line {line}"
-            try:
-                card = next(bureau, None)
-            except VerificationError as exc:
-                run.fail(str(bureau_path), exc.field, exc.detail)
-                bureau, card = iter(()), None
-            if card is None:
-                run.fail(str(bureau_path), "bureau record", f"no record for input line {line}")
-            elif (card.line_no, card.product, card.masked_pan, card.sealed) != (
-                line,
-                row["product"],
-                row["masked_pan"],
-                row["card_data"],
-            ) or [i for i, _ in card.dgis] != list(row["dgi_ids"]):
-                run.fail(
-                    str(bureau_path),
-                    "bureau record",
-                    f"record {card.seq} differs from the part row of input line {line}",
-                )
-            if row["batch_id"] != paths.batch_id:
-                run.fail(at, "batch id", f"row belongs to batch {row['batch_id']}")
-            try:
-                product, dgis = open_card(
-                    ks, row["card_data"], batch_id=paths.batch_id, line_no=line, where=at
-                )
-                if product != row["product"]:
-                    raise VerificationError("product", f"sealed {product}, row {row['product']}")
-                p = products.get(product)
-                if p is None:
-                    raise VerificationError("product", f"{product} not verifiable (see above)")
-                _check_card(ks, p, row, dgis, rederive, seen_icc)
-            except CardprepError as exc:
-                check = exc.field.rsplit("[", 1)[-1].rstrip("]") if "[" in exc.field else exc.field
-                run.fail(at, check, exc.detail)
+        try:
+            for row in _part_rows(part):
+                checked += 1
+                line = int(row["line_no"])
+                at = f"{part} line {line}"
+                try:
+                    card = next(bureau, None)
+                except VerificationError as exc:
+                    run.fail(str(bureau_path), exc.field, exc.detail)
+                    bureau, card = iter(()), None
+                if card is None:
+                    run.fail(str(bureau_path), "bureau record", f"no record for input line {line}")
+                elif (card.line_no, card.product, card.masked_pan, card.sealed) != (
+                    line,
+                    row["product"],
+                    row["masked_pan"],
+                    row["card_data"],
+                ) or [i for i, _ in card.dgis] != list(row["dgi_ids"]):
+                    run.fail(
+                        str(bureau_path),
+                        "bureau record",
+                        f"record {card.seq} differs from the part row of input line {line}",
+                    )
+                if row["batch_id"] != paths.batch_id:
+                    run.fail(at, "batch id", f"row belongs to batch {row['batch_id']}")
+                try:
+                    product, dgis = open_card(
+                        ks, row["card_data"], batch_id=paths.batch_id, line_no=line, where=at
+                    )
+                    if product != row["product"]:
+                        raise VerificationError(
+                            "product", f"sealed {product}, row {row['product']}"
+                        )
+                    p = products.get(product)
+                    if p is None:
+                        raise VerificationError("product", f"{product} not verifiable (see above)")
+                    _check_card(ks, p, row, dgis, rederive, seen_icc)
+                except CardprepError as exc:
+                    check = (
+                        exc.field.rsplit("[", 1)[-1].rstrip("]") if "[" in exc.field else exc.field
+                    )
+                    run.fail(at, check, exc.detail)
+        except (OSError, pa.ArrowException) as exc:
+            run.fail(str(part), "parquet", f"unreadable ({type(exc).__name__})")
+
     try:
         extra = next(bureau, None)
     except VerificationError as exc:

@@ -182,3 +182,20 @@ def test_an_insider_who_swaps_cards_and_reseals_is_caught(env: BatchEnv, copy: P
     found = _failures(exc)
     assert any("[card binding]" in f for f in found)
     assert any("[bureau record]" in f for f in found)
+
+
+def test_a_truncated_part_is_a_failure_not_a_crash(env: BatchEnv, copy: Path) -> None:
+    part = copy / "parts" / "part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:-40])  # the Parquet footer is gone
+    with pytest.raises(VerificationError) as exc:
+        verify_batch(copy, env.settings, store=env.store)
+    assert any("part-00001.parquet [sha256]" in f for f in _failures(exc))
+
+
+@pytest.mark.parametrize("name", ["report.json", "report.html"])
+def test_an_edited_report_is_detected(env: BatchEnv, copy: Path, name: str) -> None:
+    path = copy / name
+    path.write_text(path.read_text().replace('"prepared": ', '"prepared": 1', 1)
+                    if name.endswith(".json") else path.read_text().replace("<td", "<td x", 1))
+    with pytest.raises(VerificationError, match=r"report"):
+        verify_batch(copy, env.settings, store=env.store, cards=False)
