@@ -82,7 +82,6 @@ def build(issuer: str) -> Any:
             ),
             assets=inbound,
         ),
-        start_date=CFG.start_date,
         catchup=False,
         max_active_runs=1,
         default_args=CFG.default_args(),

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 @dag(
     dag_id="key_health",
     schedule=CronTriggerTimetable(SECTION.get("schedule", "0 6 * * *"), timezone="UTC"),
-    start_date=CFG.start_date,
     catchup=False,
     max_active_runs=1,
     default_args=CFG.default_args(),

@@ -32,7 +32,6 @@ SECTION = CFG.section("retention")
 @dag(
     dag_id="retention",
     schedule=CronTriggerTimetable(str(SECTION.get("schedule", "0 3 * * *")), timezone="UTC"),
-    start_date=CFG.start_date,
     catchup=False,
     max_active_runs=1,
     default_args=CFG.default_args(),

@@ -2,7 +2,10 @@
 
 DAG files read like configuration: they take their schedule, owner, retry
 policy and pool from here, so operators change ``dags.yaml`` rather than
-Python.  Retries use exponential backoff (``retry_exponential_backoff``)
+Python.  DAGs have no ``start_date``: with a cron timetable and no start
+date, unpausing a DAG waits for the next scheduled time instead of running
+the most recent past one at once (``CronTriggerTimetable(run_immediately=
+False)``).  Retries use exponential backoff (``retry_exponential_backoff``)
 from ``retry_delay_seconds`` up to ``max_retry_delay_seconds``.
 
 Example::
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,6 @@ class DagConfig:
         """One DAG's section (empty when absent)."""
         value = self.raw.get(name) or {}
         return dict(value)
-
-    @property
-    def start_date(self) -> datetime:
-        """A fixed past start date (catchup is off, so it only anchors the schedule)."""
-        return datetime.fromisoformat(str(self.raw.get("start_date", "2026-01-01"))).replace(
-            tzinfo=UTC
-        )
 
     def default_args(self) -> dict[str, Any]:
         """Owner and retry policy shared by every task."""
