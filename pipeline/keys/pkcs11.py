@@ -1441,6 +1441,18 @@ class Pkcs11KeyStore:
             "translate", "ECB unwrap is reported but not implemented by this backend"
         )
 
+    def check_encrypted(
+        self,
+        ciphertext: bytes,
+        key: KeyRef,
+        *,
+        check: TranslateCheck,
+        pan: str | None = None,
+    ) -> None:
+        """Refused: checking a clear format needs the value outside the token."""
+        self._require("check_encrypted", "check_encrypted")
+        raise CapabilityError("check_encrypted", "not implemented for PKCS#11 tokens")
+
     def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
         """Refused: checking a key under the TK needs an ECB unwrap the token lacks."""
         self._require("kcv_of_wrapped", "kcv_of_wrapped")
@@ -1673,6 +1685,8 @@ def _build_report(
         "diversify:emv": ok("derive:tdes-ecb-data") or wrap_any,
         "diversify:visa2": ok("derive:tdes-ecb-data") or wrap_any,
         "translate": unwrap_any or "ECB unwrap found but translate is not implemented",
+        "check_encrypted": "not implemented: a format check of a decrypted field needs the "
+        "clear value outside the token",
         "kcv_of_wrapped": "not implemented: needs an ECB unwrap of the card key into a session "
         "object, which SoftHSM2 lacks",
         "sign:rsa": ok("rsa-x509-sign"),

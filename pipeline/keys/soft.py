@@ -1389,16 +1389,25 @@ class SoftKeyStore:
                 f"{len(ciphertext)} bytes is not a whole number of {src_bs}- and "
                 f"{dst_bs}-byte blocks",
             )
-        clear = self._cipher(src).decrypt_ecb(ciphertext)
-        if check is TranslateCheck.ISO9797_M2:
-            unpad_iso9797_m2(clear, src_bs)  # raises PaddingError; the value stays here
-        elif check is TranslateCheck.PIN_ISO0:
-            check_pin_block_iso0(clear, pan)
-        elif check is TranslateCheck.PIN_ISO0_TO_ISO2:
-            if pan is None:
-                raise InvalidInputError("pan", "a format 0 PIN block check needs the PAN")
-            clear = pin_block_iso0_to_iso2(clear, pan)
+        clear = _checked_clear(self._cipher(src).decrypt_ecb(ciphertext), src_bs, check, pan)
         return self._cipher(dst).encrypt_ecb(clear)
+
+    def check_encrypted(
+        self,
+        ciphertext: bytes,
+        key: KeyRef,
+        *,
+        check: TranslateCheck,
+        pan: str | None = None,
+    ) -> None:
+        """See :meth:`pipeline.keys.store.KeyStore.check_encrypted`."""
+        src = self._load(key, Operation.TRANSLATE_FROM)
+        bs = _symmetric(src.record.algorithm).block_size
+        if not ciphertext or len(ciphertext) % bs:
+            raise InvalidInputError(
+                "ciphertext", f"{len(ciphertext)} bytes is not a whole number of {bs}-byte blocks"
+            )
+        _checked_clear(self._cipher(src).decrypt_ecb(ciphertext), bs, check, pan)
 
     def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.kcv_of_wrapped`."""
@@ -1543,3 +1552,16 @@ class SoftKeyStore:
             params = (owner,)
         rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
         return [self._record_from_row(r) for r in rows]
+
+
+def _checked_clear(clear: bytes, block_size: int, check: TranslateCheck, pan: str | None) -> bytes:
+    """Apply ``check`` to a clear value inside the store; return what to re-encrypt."""
+    if check is TranslateCheck.ISO9797_M2:
+        unpad_iso9797_m2(clear, block_size)  # raises PaddingError; the value stays here
+    elif check is TranslateCheck.PIN_ISO0:
+        check_pin_block_iso0(clear, pan)
+    elif check is TranslateCheck.PIN_ISO0_TO_ISO2:
+        if pan is None:
+            raise InvalidInputError("pan", "a format 0 PIN block check needs the PAN")
+        return pin_block_iso0_to_iso2(clear, pan)
+    return clear

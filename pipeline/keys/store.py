@@ -59,7 +59,7 @@ CAPABILITIES: frozenset[str] = frozenset(
         "import_components", "import_key_block", "export_key_block",
         "derive:A", "derive:B", "derive:C", "derive:sm4",
         "diversify:emv", "diversify:visa2", "diversify:kdf3",
-        "translate", "kcv_of_wrapped", "icc_keypair:rsa", "icc_keypair:sm2",
+        "translate", "check_encrypted", "kcv_of_wrapped", "icc_keypair:rsa", "icc_keypair:sm2",
         "sign:rsa", "sign:sm2", "kcv", "mac", "pan_token", "encrypt_data",
         "encrypt_under_tk", "lifecycle",
     }
@@ -239,6 +239,22 @@ class KeyStore(Protocol):
         (padding method 2, or a format 0 PIN block against ``pan``) and raises
         :class:`~pipeline.errors.PaddingError` / ``InvalidInputError`` naming
         the check, never the value.
+        """
+        ...
+
+    def check_encrypted(
+        self,
+        ciphertext: bytes,
+        key: KeyRef,
+        *,
+        check: TranslateCheck,
+        pan: str | None = None,
+    ) -> None:
+        """Check, inside the backend, that ``ciphertext`` under ``key`` (K0) decrypts well.
+
+        For input fields the product does not ship (so are not translated):
+        a field under the wrong KEK or corrupted is still found (reject R071).
+        Nothing but the verdict leaves the backend.
         """
         ...
 

@@ -466,11 +466,31 @@ class CardPreparer:
             pin_under_tk = self._translate(PIN_BLOCK, record.secrets[PIN_BLOCK], record.pan)
             out.append(Dgi(pin.dgi, pin_under_tk, True))
             out.append(Dgi(pin.try_dgi, bytes([pin.try_limit, pin.try_limit])))
+        shipped = {PIN_BLOCK} if pin is not None else set()
         for name, dgi_id in self.profile.secret_dgis:
             value = record.secrets.get(name)
             if value:
                 out.append(Dgi(dgi_id, self._translate(name, value, record.pan), True))
+            shipped.add(name)
+        for name, value in record.secrets.items():  # not shipped: still must decrypt well
+            if value and name not in shipped:
+                self._check_encrypted(name, value, record.pan)
         return out
+
+    def _check_encrypted(self, name: str, ciphertext: bytes, pan: str) -> None:
+        check = self._secret_checks.get(name, TranslateCheck.NONE)
+        if check is TranslateCheck.PIN_ISO0_TO_ISO2:
+            check = TranslateCheck.PIN_ISO0
+        if check is TranslateCheck.NONE:
+            return
+        try:
+            self.store.check_encrypted(ciphertext, self.keys.kek, check=check, pan=pan)
+        except KeyStoreError:
+            raise
+        except CryptoError as exc:
+            raise _CardReject(
+                RejectReason.SENSITIVE_UNDECRYPTABLE, name, f"does not decrypt: {exc.detail}"
+            ) from None
 
     def _fci_gpo_dgis(self) -> list[Dgi]:
         profile = self.profile

@@ -47,12 +47,13 @@ from pipeline.io.perso import seal_card
 from pipeline.io.rejects import reject_row, write_reject_table
 from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
 from pipeline.keys import open_store
-from pipeline.keys.model import KeyRef
+from pipeline.keys.model import KeyRef, TranslateCheck
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles.loader import load_product
 from pipeline.records.issuers import load_issuer
+from pipeline.records.layout import Layout, SecretPadding, load_layout
 from pipeline.steps.context import batch_paths, batch_settings, default_workers, opened_store
 
 __all__ = ["ShardWorker", "WorkerSpec", "prepare_shard", "resolve_keys"]
@@ -78,6 +79,27 @@ class WorkerSpec:
     data_key: KeyRef
     batch_id: str
     products: tuple[str, ...]
+    #: (secret field, TranslateCheck value) from the issuer layout's ``padding``.
+    secret_checks: tuple[tuple[str, str], ...] = ()
+
+
+def secret_checks_for(layout: Layout) -> tuple[tuple[str, str], ...]:
+    """What the store checks while translating each secret field of ``layout``.
+
+    ``iso9797-m2`` padded fields (CVV, iCVV, track secrets) are checked for
+    padding method 2 inside the store, so a field under the wrong KEK or
+    corrupted becomes reject R071 instead of noise on the card.  The PIN
+    block check (format 0 against the PAN) is the preparer's default.
+
+    Example:
+        >>> dict(secret_checks_for(load_layout("demo-fixed")))["cvv"]
+        'iso9797-m2'
+    """
+    return tuple(
+        (f.name, TranslateCheck.ISO9797_M2.value)
+        for f in layout.secret_fields
+        if f.padding is SecretPadding.ISO9797_M2
+    )
 
 
 class ShardWorker:
@@ -93,7 +115,8 @@ class ShardWorker:
         for product in spec.products:
             profile = load_product(product, spec.config_dir)
             keys = PreparerKeys.resolve(store, profile, kek=spec.kek, pan_token=spec.pan_token)
-            self.preparers[product] = CardPreparer(profile, store, keys)
+            checks = {name: TranslateCheck(value) for name, value in spec.secret_checks}
+            self.preparers[product] = CardPreparer(profile, store, keys, secret_checks=checks)
 
     def run(self, ipc: bytes) -> tuple[bytes, list[dict[str, Any]]]:
         """Prepare one chunk: (part rows as Arrow IPC, reject rows)."""
@@ -287,19 +310,21 @@ def prepare_shard(
             log.info("%s: complete from an earlier run (%d cards); resumed", what, done["prepared"])
             return done
         with opened_store(settings, store) as ks:
-            return _prepare(shard, settings, bs, cfg.kek, paths, ks, n_workers)
+            checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
+            return _prepare(shard, settings, bs, (cfg.kek, checks), paths, ks, n_workers)
 
 
 def _prepare(  # noqa: PLR0917 (internal)
     shard: dict[str, Any],
     settings: Settings,
     bs: Any,
-    kek: str,
+    kek_and_checks: tuple[str, tuple[tuple[str, str], ...]],
     paths: BatchPaths,
     store: KeyStore,
     n_workers: int,
 ) -> dict[str, Any]:
     started = time.monotonic()
+    kek, secret_checks = kek_and_checks
     index = int(shard["index"])
     products = list(shard["products"])
     keys, kcvs = resolve_keys(store, products, bs.config_dir, kek, bs.pan_token_key)
@@ -315,6 +340,7 @@ def _prepare(  # noqa: PLR0917 (internal)
         data_key=data_key,
         batch_id=paths.batch_id,
         products=tuple(products),
+        secret_checks=secret_checks,
     )
     chunks = _chunks(store, paths, shard, bs.chunk_size)
     inline: ShardWorker | None = None

@@ -130,11 +130,6 @@ def test_rejects_are_exactly_the_injected_validation_errors(published: Published
     assert len(csv_lines) == 1 + len(table)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R071 needs CardPreparer to ask the store's translate for the ISO 9797-1 M2 "
-    "padding check (in progress in pipeline/prep and pipeline/keys); remove this mark then",
-)
 def test_prepare_stage_rejects_are_the_expected_ones(published: Published) -> None:
     """R071 (a secret that does not decrypt to well-padded data) is found in the key store."""
     table = pq.read_table(published.batch_dir / "rejects.parquet").to_pylist()

@@ -553,3 +553,17 @@ def test_kcv_of_wrapped_matches_derivation(store: SoftKeyStore) -> None:
 def test_kcv_of_wrapped_refuses_non_transport_keys(store: SoftKeyStore) -> None:
     with pytest.raises(KeyUsageError):
         store.kcv_of_wrapped(store.active("demo-imk-ac"), bytes(16), "tdes")
+
+
+def test_check_encrypted_finds_bad_fields_without_translating(store: SoftKeyStore) -> None:
+    kek = store.active("demo-kek")
+    store.check_encrypted(KEK.encrypt_ecb(CVV), kek, check=TranslateCheck.ISO9797_M2)
+    with pytest.raises(PaddingError):
+        store.check_encrypted(
+            KEK.encrypt_ecb(b"123\x00\x00\x00\x00\x00"), kek, check=TranslateCheck.ISO9797_M2
+        )
+    with pytest.raises(InvalidInputError, match="whole number"):
+        store.check_encrypted(b"\x01" * 7, kek, check=TranslateCheck.ISO9797_M2)
+    with pytest.raises(KeyUsageError):
+        store.check_encrypted(KEK.encrypt_ecb(CVV), store.active("demo-imk-ac"),
+                              check=TranslateCheck.ISO9797_M2)  # fmt: skip
