@@ -17,7 +17,7 @@ import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
-from airflow.sdk.definitions.param import ParamValidationError
+from airflow.sdk.exceptions import ParamValidationError
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
@@ -25,7 +25,7 @@ DAGS_YAML = yaml.safe_load((REPO / "config/airflow/dags.yaml").read_text())
 ISSUERS = sorted(
     yaml.safe_load(p.read_text())["id"] for p in (REPO / "config/issuers").glob("*.yaml")
 )
-EXPECTED = {f"card_batch_{i}" for i in ISSUERS} | {"key_health", "retention"}
+EXPECTED = {f"card_batch_{i}" for i in ISSUERS} | {"key_health", "retention", "icc_keypool"}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_key_health_and_retention_params(bag: DagBag) -> None:
 
 
 def test_other_schedules_are_crons_from_config(bag: DagBag) -> None:
-    for dag_id in ("key_health", "retention"):
+    for dag_id in ("key_health", "retention", "icc_keypool"):
         timetable = bag.dags[dag_id].timetable
         assert isinstance(timetable, CronTriggerTimetable)
         assert timetable.expression == DAGS_YAML[dag_id]["schedule"]

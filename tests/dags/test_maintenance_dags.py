@@ -1,0 +1,117 @@
+"""icc_keypool, key_health and retention through ``dag.test()`` on a demo environment."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models.pool import Pool
+from airflow.models.xcom import XComModel
+from airflow.sdk.exceptions import ParamValidationError
+from airflow.utils.session import create_session
+
+from pipeline.keys.pool import KeyPool, pool_path
+from pipeline.keys.settings import load_settings
+from pipeline.steps.batch import run_batch
+from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnv]:
+    demo = make_demo_env(tmp_path_factory.mktemp("maintenance"), cards=20)
+    saved = os.environ.get("CARDPREP_SETTINGS")
+    os.environ["CARDPREP_SETTINGS"] = str(demo.settings_path)
+    Pool.create_or_update_pool("hsm", 2, "cardprep key store sessions", include_deferred=False)
+    yield demo
+    if saved is None:
+        os.environ.pop("CARDPREP_SETTINGS", None)
+    else:
+        os.environ["CARDPREP_SETTINGS"] = saved
+
+
+@pytest.fixture(scope="module")
+def bag() -> DagBag:
+    return DagBag(dag_folder=str(CONFIG.parent / "dags"))
+
+
+def _results(run: Any, task_id: str) -> list[Any]:
+    with create_session() as session:
+        rows = session.query(XComModel).filter(
+            XComModel.dag_id == run.dag_id,
+            XComModel.run_id == run.run_id,
+            XComModel.task_id == task_id,
+            XComModel.key == "return_value",
+        )
+        return [x.value for x in sorted(rows, key=lambda x: x.map_index)]
+
+
+def test_icc_keypool_tops_every_pool_up_to_its_target(env: DemoEnv, bag: DagBag) -> None:
+    pools = [
+        {"algorithm": "rsa", "bits": 1152, "exponent": 3, "target": 3},
+        {"algorithm": "sm2", "target": 5},
+    ]
+    run = bag.dags["icc_keypool"].test(run_conf={"pools": pools})
+    assert str(run.state) == "success"
+    results = _results(run, "refill")
+    assert [(r["spec"], r["added"], r["free"]) for r in results] == [
+        ("rsa-1152-e3", 3, 3),
+        ("sm2-256", 5, 5),
+    ]
+    again = bag.dags["icc_keypool"].test(run_conf={"pools": pools})
+    assert [r["added"] for r in _results(again, "refill")] == [0, 0]
+    with KeyPool(pool_path(load_settings(env.settings_path))) as pool:
+        assert {s.spec: s.free for s in pool.status()} == {"rsa-1152-e3": 3, "sm2-256": 5}
+    text = json.dumps(results)
+    assert "private" not in text and all(len(v) < 80 for v in map(str, results[0].values()))
+
+
+def test_icc_keypool_params_refuse_bad_pools(bag: DagBag) -> None:
+    for bad in (
+        [{"algorithm": "dsa", "target": 1}],
+        [{"algorithm": "rsa", "bits": 512, "exponent": 3, "target": 1}],
+        [{"algorithm": "rsa", "bits": 1152, "exponent": 5, "target": 1}],
+        [{"algorithm": "sm2", "target": -1}],
+        [{"algorithm": "sm2"}],
+    ):
+        params = copy.deepcopy(bag.dags["icc_keypool"].params)
+        with pytest.raises(ParamValidationError):
+            params.update({"pools": bad})
+            params.validate()
+
+
+def test_key_health_passes_on_the_demo_store(env: DemoEnv, bag: DagBag) -> None:
+    run = bag.dags["key_health"].test(run_conf={"warn_days": 90})
+    assert str(run.state) == "success"
+    (report,) = _results(run, "check_keys")
+    assert report["healthy"] is True and report["checked"] > 10 and report["kcv_failures"] == []
+
+
+def test_retention_purges_a_backdated_published_batch(env: DemoEnv, bag: DagBag) -> None:
+    settings = load_settings(env.settings_path)
+    summary = run_batch("demo", env.sample, settings, shard_size=64)
+    manifest_path = Path(summary["manifest"])
+    manifest = json.loads(manifest_path.read_text())
+    old = datetime.now(UTC) - timedelta(days=31)
+    manifest["created_at"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest_path.write_text(json.dumps(manifest))
+
+    dry = bag.dags["retention"].test(run_conf={"dry_run": True})
+    (listed,) = _results(dry, "purge_expired")
+    assert [p["batch_id"] for p in listed["purged"]] == [summary["batch_id"]]
+    assert env.sample.exists() and Path(summary["bureau_file"]).exists()
+
+    run = bag.dags["retention"].test(run_conf={"dry_run": False})
+    assert str(run.state) == "success"
+    (done,) = _results(run, "purge_expired")
+    assert done["purged"][0]["input_removed"] is True
+    assert not env.sample.exists() and not Path(summary["bureau_file"]).exists()
+    assert manifest_path.exists() and (manifest_path.parent / "purged.json").exists()
+    trail = Path(settings.key_store.audit_path).read_text()
+    assert '"retention.purge"' in trail and summary["batch_id"] in trail
