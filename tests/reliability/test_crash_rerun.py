@@ -45,6 +45,7 @@ from tests.reliability.enginekit import World
 
 CHAINS = 3
 KILLS_PER_CHAIN = 7
+KILLS = 21
 CARDS = 30
 UNSEALED_TAIL = (
     "a SIGKILL between AuditTrail.append's line write and its head-seal write leaves a "
@@ -123,14 +124,21 @@ def test_sigkill_at_random_points_then_rerun(
     assert r.returncode == 0, r.stderr
     _check_final(world, calibrate.path, CARDS)
     kills: list[tuple[float, str]] = []
-    for chain in range(CHAINS):
+    chain = 0
+    while sum(1 for _, ended in kills if ended == "killed") < KILLS and chain < 3 * CHAINS:
         sample = world.sample(CARDS, seed=100 + chain, errors=0.1, name=f"chain-{chain}.dat")
+        batch = world.storage / "batches" / "demo" / batch_id_for(sha256_file(sample.path))
+        chain += 1
         for _ in range(KILLS_PER_CHAIN):
             delay = rng.uniform(0.15, 1.0) * duration
             ended, err = _kill_after(world, sample.path, delay)
             kills.append((round(delay, 3), ended))
+            if "head seal" in err:
+                pytest.xfail(UNSEALED_TAIL)
             assert "Traceback" not in err or ended == "killed", err
             _check_consistent(world)
+            if (batch / "manifest.json").exists():
+                break  # killed after the commit marker: published; next file
         r = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
         if r.returncode != 0:  # the last kill may have come after the manifest: published
             if "head seal" in r.stderr:
@@ -140,7 +148,7 @@ def test_sigkill_at_random_points_then_rerun(
         # a published batch is never prepared twice without --force
         again = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
         assert again.returncode != 0 and "publish" in again.stderr.lower(), again.stderr
-    assert sum(1 for _, ended in kills if ended == "killed") >= 20, kills
+    assert sum(1 for _, ended in kills if ended == "killed") >= KILLS, kills
     capsys.readouterr()
     if _main(world, "audit", "verify") != 0:
         text = capsys.readouterr().out
