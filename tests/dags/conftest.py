@@ -18,6 +18,7 @@ import base64
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,17 @@ os.environ.update(
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
         "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
         "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
     }
 )
+
+
+# Airflow puts plugins_folder on sys.path when it runs tasks; tests that import
+# the plugin package directly need the same.
+if str(REPO / "plugins") not in sys.path:
+    sys.path.append(str(REPO / "plugins"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
