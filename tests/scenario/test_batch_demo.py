@@ -19,7 +19,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pyemv
-import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from gmssl import sm2 as gm_sm2
