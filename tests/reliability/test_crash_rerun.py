@@ -20,7 +20,8 @@ and after the final run:
   ICC public key (SHA-256) unique;
 * ``cardprep audit verify`` passes (the key-management trail survived the kills).
 
-Seeded (``CARDPREP_CRASH_SEED`` to replay), ``KILLS_PER_CHAIN`` x ``CHAINS`` kills.
+Seeded (``CARDPREP_CRASH_SEED`` to replay); at least ``KILLS`` real kills, at most
+``KILLS_PER_CHAIN`` per file (a kill after the commit marker moves on to a new file).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from pipeline.keys.model import KeyAlgorithm, KeyRole, KeyUsage
 from pipeline.keys.soft import SoftKeyStore
 from tests.reliability.enginekit import World
 
-CHAINS = 3
 KILLS_PER_CHAIN = 7
 KILLS = 21
 CARDS = 30
@@ -125,12 +125,12 @@ def test_sigkill_at_random_points_then_rerun(
     _check_final(world, calibrate.path, CARDS)
     kills: list[tuple[float, str]] = []
     chain = 0
-    while sum(1 for _, ended in kills if ended == "killed") < KILLS and chain < 3 * CHAINS:
+    while sum(1 for _, ended in kills if ended == "killed") < KILLS and chain < 20:
         sample = world.sample(CARDS, seed=100 + chain, errors=0.1, name=f"chain-{chain}.dat")
         batch = world.storage / "batches" / "demo" / batch_id_for(sha256_file(sample.path))
         chain += 1
         for _ in range(KILLS_PER_CHAIN):
-            delay = rng.uniform(0.15, 1.0) * duration
+            delay = rng.uniform(0.3, 0.95) * duration
             ended, err = _kill_after(world, sample.path, delay)
             kills.append((round(delay, 3), ended))
             if "head seal" in err:
@@ -145,9 +145,9 @@ def test_sigkill_at_random_points_then_rerun(
                 pytest.xfail(UNSEALED_TAIL)
             assert "published" in r.stderr, r.stderr
         _check_final(world, sample.path, CARDS)
-        # a published batch is never prepared twice without --force
-        again = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
-        assert again.returncode != 0 and "publish" in again.stderr.lower(), again.stderr
+        if chain == 1:  # a published batch is never prepared twice without --force
+            again = world.cli("run", "--issuer", "demo", "--file", str(sample.path))
+            assert again.returncode != 0 and "publish" in again.stderr.lower(), again.stderr
     assert sum(1 for _, ended in kills if ended == "killed") >= KILLS, kills
     capsys.readouterr()
     if _main(world, "audit", "verify") != 0:
