@@ -71,6 +71,15 @@ def _kill_after(world: World, sample: Path, delay: float) -> tuple[str, str]:
     return ended, err[-400:]
 
 
+REPORT_AFTER_MANIFEST = (
+    "a SIGKILL after manifest.json but before both reports are written leaves report.json "
+    "and report.html out of step; the re-run refuses the published batch, so `cardprep "
+    "verify` fails for good ('report.html does not match report.json'); io/steps engineer, "
+    "pipeline/steps/reconcile.py + batch.py: let a re-run of a published batch redo the "
+    "(idempotent) reconcile/report step, or write the reports before the manifest"
+)
+
+
 def _main(world: World, *args: str) -> int:
     return main([*args, "--settings", str(world.settings)])
 
@@ -93,9 +102,21 @@ def _parts(batch: Path, manifest: dict[str, Any]) -> tuple[list[int], list[str]]
     return lines, keys
 
 
+_CAPTURE: list[pytest.CaptureFixture[str]] = []
+
+
+def capsys_text() -> str:
+    out = _CAPTURE[-1].readouterr() if _CAPTURE else None
+    return (out.out + out.err) if out is not None else ""
+
+
 def _check_final(world: World, sample: Path, records: int) -> None:
     batch = world.storage / "batches" / "demo" / batch_id_for(sha256_file(sample))
-    assert _main(world, "verify", str(batch)) == 0, batch.name
+    if _main(world, "verify", str(batch)) != 0:
+        text = capsys_text()
+        if "[report]" in text:
+            pytest.xfail(REPORT_AFTER_MANIFEST)
+        pytest.fail(f"{batch.name} does not verify after the re-run:\n{text}")
     manifest = json.loads((batch / "manifest.json").read_text())
     c = manifest["counts"]
     assert c["in"] == records == c["prepared"] + c["rejected"]
@@ -116,6 +137,7 @@ def _check_final(world: World, sample: Path, records: int) -> None:
 def test_sigkill_at_random_points_then_rerun(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _CAPTURE.append(capsys)
     rng = random.Random(SEED)
     calibrate = world.sample(CARDS, seed=1, errors=0.1, name="calibrate.dat")
     started = time.monotonic()
@@ -172,3 +194,14 @@ def test_audit_trail_survives_a_kill_between_line_and_seal(tmp_path: Path) -> No
                        actor="officer-1")  # fmt: skip
     except AuditError as exc:
         pytest.fail(f"the store is bricked by one interrupted append: {exc}")
+
+
+@pytest.mark.xfail(strict=True, reason=REPORT_AFTER_MANIFEST)
+def test_rerun_repairs_reports_lost_after_the_manifest(world: World) -> None:
+    """Deterministic replay: the manifest is on disk, report.html is not (killed between)."""
+    sample = world.sample(CARDS, seed=1, errors=0.1, name="report.dat")
+    assert world.cli("run", "--issuer", "demo", "--file", str(sample.path)).returncode == 0
+    batch = world.storage / "batches" / "demo" / batch_id_for(sha256_file(sample.path))
+    (batch / "report.html").unlink()
+    world.cli("run", "--issuer", "demo", "--file", str(sample.path))  # the operator's re-run
+    assert _main(world, "verify", str(batch)) == 0
