@@ -13,15 +13,27 @@ addition (eleven multiplications) in Python, and needs no final inversion.
 
 Fixed base ``[k]G`` (:func:`mul_base`): ``k`` is cut into ``W``-bit windows,
 ``k = sum(k_j 2^(W j))``, and the table holds every ``i 2^(W j) G`` for
-``1 <= i < 2^W`` as affine points, so ``[k]G`` is at most ``ceil(256/W) - 1``
-affine additions and no doubling.  The table is built once per process, on
-first use.  With unsigned digits and ``0 < k < n`` no partial sum can equal
-(or negate) the point being added, so the additions never hit the doubling
-or infinity cases; :func:`mul_base` still falls back to the generic path if
-one ever does.
+``1 <= i < 2^W`` as affine points, so ``[k]G`` is the sum of at most
+``ceil(256/W)`` table points and needs no doubling.  The table is built once
+per process, on first use.  The points are summed pairwise in a tree whose
+levels share one inversion (Montgomery's trick, :func:`_sum_points`): ~5
+inversions instead of ~23, measured 1.25x faster than a chain of affine
+additions.  Any two partial sums of one scalar's windows are multiples of G
+by different positive integers whose sum is at most k, so for ``0 < k < n``
+no pair is equal or opposite and the additions never hit the doubling or
+infinity cases; :func:`_sum_points` still falls back to careful additions
+if one ever does.
 
 Variable base ``[s]G + [t]P`` (:func:`mul_base_add`): ``[t]P`` by a width-5
 NAF over Jacobian coordinates (a = -3 doubling), plus ``[s]G`` from the table.
+
+Fixed second base ``[s]G + [t]Q`` (:func:`mul_base_add_fixed`): for a public
+key Q that verifies many signatures (the issuer key behind every ICC
+certificate), :class:`FixedBaseTable` holds the same kind of table for Q, and
+both scalars' window points are summed in one tree: ~55 additions with ~6
+inversions instead of ~256 Jacobian doublings, measured ~4.5x faster than
+:func:`mul_base_add` (``bench/bench_sm2.py``).  Points of the two tables can
+coincide, so here the careful fallback is reachable (and tested).
 
 NOT constant time: Python big integers leak timing through their size and
 every branch here depends on the scalar.  That is acceptable for per-card ICC
@@ -40,6 +52,8 @@ from typing import Any
 
 import gmpy2
 from gmpy2 import invert, mpz
+
+from pipeline.errors import InvalidInputError
 
 # GB/T 32918.5-2017 section 3 (also GM/T 0003.5-2012): the recommended curve
 # y^2 = x^3 + a x + b over F_p, base point G of prime order n, cofactor 1.
@@ -147,15 +161,18 @@ def _to_affine(X: Any, Y: Any, Z: Any) -> Affine | None:
     return X * zi2 % p, Y * zi2 * zi % p
 
 
-@cache
-def _base_table() -> tuple[tuple[Affine | None, ...], ...]:
-    """Rows ``T[j][i] = i 2^(W j) G`` (``T[j][0]`` unused), built once per process."""
-    windows = -(-256 // W)
+def _fixed_base_rows(base: Affine, width: int) -> tuple[tuple[Affine | None, ...], ...]:
+    """Rows ``T[j][i] = i 2^(width j) B`` for ``1 <= i < 2^width`` (``T[j][0]`` unused).
+
+    ``ceil(256 / width)`` rows; the top row only covers the bits left above
+    ``width (rows - 1)``.  ``base`` must be a point of order n (any point on
+    this curve but infinity).
+    """
+    windows = -(-256 // width)
     rows: list[tuple[Affine | None, ...]] = []
-    base: Affine = (mpz(GX), mpz(GY))
     for j in range(windows):
-        top_bits = 256 - W * j
-        size = 1 << min(W, top_bits)
+        top_bits = 256 - width * j
+        size = 1 << min(width, top_bits)
         row: list[Affine | None] = [None, base]
         acc: Affine | None = base
         for _ in range(2, size):
@@ -163,13 +180,19 @@ def _base_table() -> tuple[tuple[Affine | None, ...], ...]:
             row.append(acc)
         rows.append(tuple(row))
         if j + 1 < windows:
-            # 2^W * base = 2 * (2^(W-1) * base)
-            half = row[1 << (W - 1)]
+            # 2^width * base = 2 * (2^(width-1) * base)
+            half = row[1 << (width - 1)]
             assert half is not None
             doubled = _affine_double(*half)
             assert doubled is not None
             base = doubled
     return tuple(rows)
+
+
+@cache
+def _base_table() -> tuple[tuple[Affine | None, ...], ...]:
+    """Rows ``T[j][i] = i 2^(W j) G`` (``T[j][0]`` unused), built once per process."""
+    return _fixed_base_rows((mpz(GX), mpz(GY)), W)
 
 
 def warm_up() -> None:
@@ -181,6 +204,89 @@ def warm_up() -> None:
     _base_table()
 
 
+def _window_points(
+    k: int, rows: tuple[tuple[Affine | None, ...], ...], width: int, out: list[Affine]
+) -> None:
+    """Append ``T[j][k_j]`` for every non-zero ``width``-bit window k_j of k (0 <= k < 2^256).
+
+    Their sum is [k]B for the table's base B.
+    """
+    mask = (1 << width) - 1
+    for row in rows:
+        digit = k & mask
+        k >>= width
+        if digit:
+            point = row[digit]
+            assert point is not None
+            out.append(point)
+
+
+def _sum_points(points: list[Affine]) -> Affine | None:
+    """The sum of ``points``, pairwise in a tree with one shared inversion per level.
+
+    Level by level, ``(P0 + P1), (P2 + P3), ...`` are affine additions whose
+    denominators x2 - x1 are inverted together by Montgomery's trick (one
+    inversion and three multiplications each instead of one inversion
+    each), so m points cost about log2(m) inversions.  If any pair has
+    x1 == x2 (a doubling or P + (-P)) the shared inversion fails and the sum
+    is redone one careful addition at a time (:func:`_sum_points_careful`).
+
+    Example:
+        >>> g = (mpz(GX), mpz(GY))
+        >>> _sum_points([g, mul_base(2), mul_base(4)]) == mul_base(7)
+        True
+        >>> _sum_points([g, g]) == _affine_double(*g), _sum_points([]) is None
+        (True, True)
+    """
+    p = _p
+    level = points
+    try:
+        while len(level) > 1:
+            pairs = len(level) >> 1
+            dxs: list[Any] = []
+            prefix: list[Any] = []
+            acc: Any = mpz(1)
+            for i in range(pairs):
+                dx = level[2 * i + 1][0] - level[2 * i][0]
+                dxs.append(dx)
+                acc = acc * dx % p
+                prefix.append(acc)
+            inv = invert(acc, p)  # ZeroDivisionError when some dx == 0
+            summed: list[Affine] = [level[-1]] * pairs
+            for i in range(pairs - 1, -1, -1):
+                inv_i = inv * prefix[i - 1] % p if i else inv  # 1 / dxs[i]
+                inv = inv * dxs[i] % p
+                x1, y1 = level[2 * i]
+                x2, y2 = level[2 * i + 1]
+                lam = (y2 - y1) * inv_i % p
+                x3 = (lam * lam - x1 - x2) % p
+                summed[i] = (x3, (lam * (x1 - x3) - y1) % p)
+            if len(level) & 1:
+                summed.append(level[-1])
+            level = summed
+    except ZeroDivisionError:
+        return _sum_points_careful(points)
+    return level[0] if level else None
+
+
+def _sum_points_careful(points: list[Affine]) -> Affine | None:
+    """The sum of ``points`` one addition at a time, handling doubling and infinity.
+
+    Only reached when :func:`_sum_points` meets x1 == x2, which cannot happen
+    for the windows of one scalar 0 < k < n (module docstring) but can when
+    two scalars' windows are mixed (verification) or k >= n.
+
+    Example:
+        >>> g = (mpz(GX), mpz(GY))
+        >>> _sum_points_careful([g, (g[0], _p - g[1])]) is None
+        True
+    """
+    acc: Affine | None = None
+    for point in points:
+        acc = _affine_add(acc, point)
+    return acc
+
+
 def mul_base(k: int) -> Affine | None:
     """[k]G for 0 <= k < 2^256 by the fixed-base window table (GB/T 32918.1 A.3).
 
@@ -190,54 +296,12 @@ def mul_base(k: int) -> Affine | None:
         >>> x, y = mul_base(2)
         >>> (x, y) == _affine_double(mpz(GX), mpz(GY))
         True
+        >>> mul_base(N) is None, mul_base(N + 1) == (GX, GY)
+        (True, True)
     """
-    table = _base_table()
-    p = _p
-    mask = (1 << W) - 1
-    k0 = k
-    x: Any = None
-    y: Any = None
-    try:
-        for row in table:
-            digit = k & mask
-            k >>= W
-            if digit:
-                point = row[digit]
-                assert point is not None
-                qx, qy = point
-                if x is None:
-                    x, y = qx, qy
-                else:
-                    lam = (qy - y) * invert(qx - x, p) % p
-                    x3 = (lam * lam - x - qx) % p
-                    y = (lam * (x - x3) - y) % p
-                    x = x3
-    except ZeroDivisionError:
-        return _mul_base_careful(k0, table)
-    if x is None:
-        return None
-    return x, y
-
-
-def _mul_base_careful(k: int, table: tuple[tuple[Affine | None, ...], ...]) -> Affine | None:
-    """[k]G from the same table with additions that handle every exceptional case.
-
-    Only reached when :func:`mul_base`'s fast addition meets x1 == x2, which
-    cannot happen for 0 < k < n (module docstring); kept so that a scalar
-    outside that range still gets the right answer.
-
-    Example:
-        >>> _mul_base_careful(N, _base_table()) is None
-        True
-    """
-    mask = (1 << W) - 1
-    acc: Affine | None = None
-    for row in table:
-        digit = k & mask
-        k >>= W
-        if digit:
-            acc = _affine_add(acc, row[digit])
-    return acc
+    points: list[Affine] = []
+    _window_points(k, _base_table(), W, points)
+    return _sum_points(points)
 
 
 def _wnaf(k: int, width: int) -> list[int]:
@@ -319,6 +383,67 @@ def mul_base_add(s: int, t: int, point: Affine) -> Affine | None:
     if sg is not None:
         X, Y, Z = _jacobian_add_affine(X, Y, Z, sg[0], sg[1])
     return _to_affine(X, Y, Z)
+
+
+class FixedBaseTable:
+    """A fixed-base window table for one point Q of order n, as :func:`mul_base` has for G.
+
+    Rows ``T[j][i] = i 2^(width j) Q``: ``ceil(256 / width)`` rows of
+    ``2^width - 1`` affine points, so ``[t]Q`` is at most ``ceil(256 / width) - 1``
+    affine additions and no doubling.  Built once per key that is used over
+    and over (the issuer key that signs every card's ICC certificate), for
+    :func:`mul_base_add_fixed`.  Memory and build time grow as
+    ``2^width / width`` (measured with ``bench/bench_sm2.py``).
+
+    Example:
+        >>> table = FixedBaseTable((mpz(GX), mpz(GY)), width=4)
+        >>> table.points, table.mul(5) == mul_base(5)
+        (960, True)
+    """
+
+    __slots__ = ("points", "rows", "width")
+
+    def __init__(self, point: Affine, width: int = 8) -> None:
+        if not 2 <= width <= 16:
+            raise InvalidInputError("width", f"must be 2..16, got {width}")
+        x, y = point
+        if not is_on_curve(int(x), int(y)):
+            raise InvalidInputError("point", "is not on the SM2 curve")
+        self.width: int = width
+        self.rows: tuple[tuple[Affine | None, ...], ...] = _fixed_base_rows((mpz(x), mpz(y)), width)
+        self.points: int = sum(len(row) - 1 for row in self.rows)
+
+    def __repr__(self) -> str:
+        return f"FixedBaseTable(width={self.width}, points={self.points})"
+
+    def mul(self, k: int) -> Affine | None:
+        """[k]Q for 0 <= k < 2^256 from the table (None for infinity)."""
+        points: list[Affine] = []
+        _window_points(k, self.rows, self.width, points)
+        return _sum_points(points)
+
+
+def mul_base_add_fixed(s: int, t: int, table: FixedBaseTable) -> Affine | None:
+    """[s]G + [t]Q for 0 <= s, t < 2^256 from G's table and Q's ``table`` (GB/T 32918.2 7.1 B6).
+
+    The windows of s pick points of G's table, those of t points of Q's, and
+    all of them are summed by :func:`_sum_points`: at most ``ceil(256/W) +
+    ceil(256/width)`` points, no doubling, a handful of inversions.  Points
+    from the two tables can coincide (by chance or in a forged signature);
+    :func:`_sum_points` then falls back to careful additions, so the answer
+    is always exact.
+
+    Example:
+        >>> table = FixedBaseTable((mpz(GX), mpz(GY)), width=4)
+        >>> mul_base_add_fixed(2, 3, table) == mul_base(5)
+        True
+        >>> mul_base_add_fixed(N - 3, 3, table) is None
+        True
+    """
+    points: list[Affine] = []
+    _window_points(s, _base_table(), W, points)
+    _window_points(t, table.rows, table.width, points)
+    return _sum_points(points)
 
 
 def mpz_version() -> str:

@@ -283,3 +283,47 @@ def test_bodies_for_external_signers() -> None:
     assert icc_body == _icc_cert()[:84]
     icc_cert = icc_body + sm2.sign(ISS_D, icc_body + STATIC)
     assert pc.verify_pboc_icc_certificate(icc_cert, ISS_PUB, STATIC).pan == PAN
+
+
+# --- a reusable (precomputed) verifier in place of the signer's public key --------------
+
+
+ISS_VERIFIER = sm2.Sm2Verifier(ISS_PUB, precompute=True)
+
+
+def test_icc_certificate_and_ssad_verify_with_a_reused_precomputed_verifier() -> None:
+    for _ in range(5):
+        _, icc_pub = sm2.generate_keypair()
+        serial = secrets.token_bytes(3)
+        cert = pc.build_pboc_icc_certificate(ISS_D, PAN, "1230", serial, icc_pub, STATIC)
+        parsed = pc.verify_pboc_icc_certificate(cert, ISS_VERIFIER, STATIC)
+        assert parsed == pc.verify_pboc_icc_certificate(cert, ISS_PUB, STATIC)
+        assert (parsed.public_key, parsed.serial, parsed.pan) == (icc_pub, serial, PAN)
+    ssad = pc.build_pboc_ssad(ISS_D, b"\xda\xc1", STATIC)
+    assert pc.verify_pboc_ssad(ssad, ISS_VERIFIER, STATIC) == b"\xda\xc1"
+    ca_verifier = sm2.Sm2Verifier(CA_PUB, precompute=True)
+    assert pc.verify_pboc_issuer_certificate(_issuer_cert(), ca_verifier).public_key == ISS_PUB
+
+
+def test_every_icc_byte_flip_is_rejected_by_the_precomputed_verifier() -> None:
+    cert = _icc_cert()
+    for index in range(len(cert)):
+        tampered = bytearray(cert)
+        tampered[index] ^= 1 << secrets.randbelow(8)
+        with pytest.raises(CertificateError):
+            pc.verify_pboc_icc_certificate(bytes(tampered), ISS_VERIFIER, STATIC)
+    with pytest.raises(CertificateError, match=r"^signature: does not verify under the issuer"):
+        pc.verify_pboc_icc_certificate(cert, ISS_VERIFIER, STATIC[:-1] + b"\x01")
+
+
+def test_verifier_of_another_key_is_rejected() -> None:
+    with pytest.raises(CertificateError, match=r"^signature: does not verify under the issuer"):
+        pc.verify_pboc_icc_certificate(
+            _icc_cert(), sm2.Sm2Verifier(CA_PUB, precompute=True), STATIC
+        )
+
+
+def test_verifier_with_another_user_id_is_refused() -> None:
+    """Certificates are signed under the default ID; another ID is a caller error."""
+    with pytest.raises(InvalidInputError, match=r"^issuer_verifier: must use the default"):
+        pc.verify_pboc_icc_certificate(_icc_cert(), sm2.Sm2Verifier(ISS_PUB, b"ALICE"), STATIC)
