@@ -61,6 +61,7 @@ from pipeline.keys.store import KeyStore
 from pipeline.prep import emv_data
 from pipeline.prep.certs import (
     StoreRsaSigner,
+    pboc_issuer_verifier,
     sign_emv_icc_certificate,
     sign_pboc_icc_certificate,
     verify_emv_icc_certificate,
@@ -308,6 +309,8 @@ class CardPreparer:
             if self.pki.algorithm is KeyAlgorithm.RSA
             else None
         )
+        # SM2: one precomputed verifier for every card's certificate self-check
+        self._sm2_verifier = None if self._signer else pboc_issuer_verifier(self.pki.public_key)
         self._select = b"".join(encode_tlv(tag, value) for tag, value in profile.select_tags)
         self._template_tags = {tag for rec in profile.records for tag in rec.tags}
 
@@ -580,7 +583,7 @@ class CardPreparer:
             )
             verify_pboc_icc_certificate(
                 cert,
-                issuer_public_key=pki.public_key,
+                issuer_public_key=self._sm2_verifier or pki.public_key,
                 icc_public_key=icc_public,
                 static_data=static,
                 pan=record.pan,

@@ -14,7 +14,9 @@ Every certificate is verified right after signing with the issuer *public*
 key (the self-check of issue 5): a wrong signature, a framing error or a
 certified key that is not the card's raises
 :class:`~pipeline.errors.CertificateError`, which the preparer turns into a
-reject ``R080 SELF_CHECK_CERT``.
+reject ``R080 SELF_CHECK_CERT``.  For SM2 the issuer key is the same for
+every card, so the preparer builds one precomputed verifier
+(:func:`pboc_issuer_verifier`) and passes it instead of the key.
 
 Example (a stand-in store whose "private operation" echoes the block):
     >>> from pipeline.keys.model import KeyRef
@@ -31,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from pipeline.crypto import pboc_certs
 from pipeline.crypto.emv_certs import build_icc_certificate, verify_icc_certificate
-from pipeline.errors import CertificateError
+from pipeline.crypto.sm2 import Sm2Verifier
+from pipeline.errors import CertificateError, ConfigError, InvalidInputError
 
 if TYPE_CHECKING:
     from pipeline.keys.model import KeyRef
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "StoreRsaSigner",
+    "pboc_issuer_verifier",
     "sign_emv_icc_certificate",
     "sign_pboc_icc_certificate",
     "verify_emv_icc_certificate",
@@ -138,10 +142,43 @@ def sign_pboc_icc_certificate(
     return body + signature
 
 
+def pboc_issuer_verifier(issuer_public_key: bytes) -> Sm2Verifier:
+    """The reusable verifier for the self-check of every card's format-14 certificate.
+
+    Build it once per preparer (per worker process): it validates the issuer
+    key and computes its Z once, and holds a fixed-base table for the key
+    (``Sm2Verifier(..., precompute=True)``, ~20 ms and ~2 MB once), which
+    makes each card's check ~4x faster than verifying under the bare key.
+    A key that is not an SM2 point is a batch-level ConfigError.
+
+    Example:
+        >>> from pipeline.crypto import sm2
+        >>> pboc_issuer_verifier(sm2.generate_keypair()[1]).precomputed
+        True
+        >>> pboc_issuer_verifier(bytes(64))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.ConfigError: issuer_public_key: point is not on the SM2 curve
+    """
+    try:
+        return Sm2Verifier(issuer_public_key, precompute=True)
+    except InvalidInputError as exc:
+        raise ConfigError("issuer_public_key", exc.detail) from None
+
+
 def verify_pboc_icc_certificate(
-    cert: bytes, *, issuer_public_key: bytes, icc_public_key: bytes, static_data: bytes, pan: str
+    cert: bytes,
+    *,
+    issuer_public_key: bytes | Sm2Verifier,
+    icc_public_key: bytes,
+    static_data: bytes,
+    pan: str,
 ) -> None:
-    """Self-check of a format-14 certificate under the issuer public key (CertificateError)."""
+    """Self-check of a format-14 certificate under the issuer key (CertificateError).
+
+    ``issuer_public_key`` is the 64-byte key or, per card in a batch, the
+    verifier from :func:`pboc_issuer_verifier` built once.
+    """
     recovered = pboc_certs.verify_pboc_icc_certificate(cert, issuer_public_key, static_data)
     if recovered.public_key != icc_public_key:
         raise CertificateError("icc certificate", "certifies a key other than the card's")
