@@ -1083,6 +1083,19 @@ class Pkcs11KeyStore:
         self._require("export_key_block", "export_key_block")
         raise CapabilityError("export_key_block", "not reached")  # pragma: no cover
 
+    def export_components(
+        self,
+        ref: KeyRef,
+        count: int,
+        *,
+        custodians: Sequence[str],
+        actor: str,
+        threshold: int | None = None,
+    ) -> tuple[bytes, ...]:
+        """Refused: see the ``export_components`` gap of :meth:`capability_report`."""
+        self._require("export_components", "export_components")
+        raise CapabilityError("export_components", "not implemented for PKCS#11 tokens")
+
     def set_issuer_certificate(
         self, key: KeyRef, certificate: IssuerCertificateRecord, *, actor: str
     ) -> KeyRecord:
@@ -1689,6 +1702,9 @@ def _build_report(
         "clear value outside the token",
         "kcv_of_wrapped": "not implemented: needs an ECB unwrap of the card key into a session "
         "object, which SoftHSM2 lacks",
+        "export_components": "not implemented: splitting a key into clear components needs its "
+        "value outside the token (CKA_SENSITIVE false, CKA_EXTRACTABLE true), which this backend "
+        "never allows; HSMs do it with vendor-specific dual-control commands",
         "sign:rsa": ok("rsa-x509-sign"),
         "kcv": has("CKM_DES3_ECB", "CKM_AES_ECB"),
         "mac": has("CKM_AES_CMAC"),

@@ -78,7 +78,13 @@ from pipeline.errors import (
     KeyStoreError,
     KeyUsageError,
 )
-from pipeline.keys.components import xor_combine
+from pipeline.keys.components import (
+    MAX_XOR_COMPONENTS,
+    MIN_XOR_COMPONENTS,
+    shamir_split,
+    xor_combine,
+    xor_split,
+)
 from pipeline.keys.hmk import (
     check_hmk,
     hmk_from_passphrase_file,
@@ -929,7 +935,7 @@ class SoftKeyStore:
         subject = f"{label} ({algorithm.value}, {usage.value})"
         with self._audited(actor, "key.import_components", subject):
             sym = _symmetric(algorithm)
-            if len(set(custodians)) != len(components) or len(custodians) != len(components):
+            if len(set(custodians)) != len(custodians) or len(custodians) < len(components):
                 raise CeremonyError(
                     "custodians",
                     f"{len(components)} components need as many distinct custodians, "
@@ -1063,6 +1069,47 @@ class SoftKeyStore:
                     kbpk=str(kbpk), kbpk_kcv=kb.record.kcv.hex().upper(), version=version,
                 )  # fmt: skip
         return block
+
+    def export_components(
+        self,
+        ref: KeyRef,
+        count: int,
+        *,
+        custodians: Sequence[str],
+        actor: str,
+        threshold: int | None = None,
+    ) -> tuple[bytes, ...]:
+        """See :meth:`pipeline.keys.store.KeyStore.export_components`.
+
+        The components are made from the cached clear key and returned; the
+        store keeps no copy of them.  Audited as ``key.export_components``
+        (refusals too) with the custodian ids and every component's KCV.
+        """
+        _check_actor(actor)
+        with self._audited(actor, "key.export_components", str(ref)):
+            ids = _component_holders(count, custodians, threshold)
+            entry = self._load(ref, Operation.EXPORT)
+            rec = entry.record
+            check_exportable(rec)
+            if not rec.algorithm.is_symmetric:
+                raise KeyUsageError(
+                    str(ref),
+                    f"usage {rec.usage.value} {rec.algorithm.value} key pair: only symmetric "
+                    "keys are output as components",
+                )
+            assert entry.key is not None
+            if threshold is None:
+                parts = xor_split(entry.key, count)
+            else:
+                parts = tuple(s.value for s in shamir_split(entry.key, threshold, count))
+            kcvs = [compute_kcv(p, rec.kcv_method).hex().upper() for p in parts]
+            with self._tx():
+                self._audit(
+                    actor, "key.export_components", _subject(rec), "ok",
+                    scheme="xor" if threshold is None else "shamir", components=count,
+                    threshold=threshold or count, custodians=ids, component_kcvs=kcvs,
+                )  # fmt: skip
+        return parts
 
     def set_issuer_certificate(
         self, key: KeyRef, certificate: IssuerCertificateRecord, *, actor: str
@@ -1552,6 +1599,39 @@ class SoftKeyStore:
             params = (owner,)
         rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
         return [self._record_from_row(r) for r in rows]
+
+
+def _component_holders(
+    count: int, custodians: Sequence[str], threshold: int | None
+) -> builtins.list[str]:
+    """Check the shape of a component output: ``count`` parts, one distinct custodian each.
+
+    XOR: 2..3 components (:data:`~pipeline.keys.components.MAX_XOR_COMPONENTS`);
+    Shamir: ``2 <= threshold <= count <= 255``.
+
+    Example:
+        >>> _component_holders(2, ["alice", "bob"], None)
+        ['alice', 'bob']
+    """
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise InvalidInputError("count", f"expected an integer, got {count!r}")
+    if threshold is None:
+        if not MIN_XOR_COMPONENTS <= count <= MAX_XOR_COMPONENTS:
+            raise CeremonyError(
+                "count",
+                f"a key is output as {MIN_XOR_COMPONENTS}..{MAX_XOR_COMPONENTS} XOR "
+                f"components, got {count}",
+            )
+    elif not 2 <= threshold <= count <= 255:  # Shamir over GF(2^8): x = 1..255
+        raise CeremonyError("threshold", f"need 2 <= m <= n <= 255, got m={threshold} n={count}")
+    ids = [str(c) for c in custodians]
+    if len(ids) != count or len(set(ids)) != count:
+        raise CeremonyError(
+            "custodians",
+            f"{count} components need as many distinct custodians, "
+            f"got {len(ids)} ({len(set(ids))} distinct)",
+        )
+    return ids
 
 
 def _checked_clear(clear: bytes, block_size: int, check: TranslateCheck, pan: str | None) -> bytes:

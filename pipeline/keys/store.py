@@ -56,7 +56,7 @@ CAPABILITIES: frozenset[str] = frozenset(
     {
         "generate:tdes2", "generate:tdes3", "generate:aes128", "generate:aes192",
         "generate:aes256", "generate:sm4", "generate:rsa", "generate:sm2",
-        "import_components", "import_key_block", "export_key_block",
+        "import_components", "import_key_block", "export_key_block", "export_components",
         "derive:A", "derive:B", "derive:C", "derive:sm4",
         "diversify:emv", "diversify:visa2", "diversify:kdf3",
         "translate", "check_encrypted", "kcv_of_wrapped", "icc_keypair:rsa", "icc_keypair:sm2",
@@ -120,6 +120,43 @@ class KeyStore(Protocol):
         ("KCV mismatch") is raised and nothing is stored.  The ceremony module
         enforces custodian rules (distinct custodians, no one holding two
         components) before calling this; the store records ``custodians``.
+
+        ``custodians`` are distinct ids: one per component, in order, or, for
+        a key held as m-of-n Shamir shares (which the ceremony turns into two
+        XOR components for entry), every share holder, so the record names
+        all of them.  Fewer custodians than components is refused.
+        """
+        ...
+
+    def export_components(
+        self,
+        ref: KeyRef,
+        count: int,
+        *,
+        custodians: Sequence[str],
+        actor: str,
+        threshold: int | None = None,
+    ) -> tuple[bytes, ...]:
+        """Output an existing symmetric key as ``count`` full-length components.
+
+        Split knowledge (DOMAIN.md section 2; PCI PIN Requirement 8 / X9.24-1
+        key components): without ``threshold``, ``count`` (2..3) XOR
+        components from :mod:`secrets`; with ``threshold`` m, ``count`` (n)
+        Shamir share values, share ``i`` (x = i) at position ``i - 1``.
+        ``custodians`` are ``count`` distinct ids, one per component, in order.
+
+        Refused like :meth:`export_key_block`: the key's usage and state must
+        permit ``export`` (ACTIVE only), a non-exportable (N) or sensitive (S)
+        key never leaves (:class:`~pipeline.errors.KeyUsageError`), and key
+        pairs are not output as components.  One audit event names
+        ``label@vN``, the key's KCV, the custodian ids and each component's
+        KCV, never a component.
+
+        Example (soft backend):
+            >>> parts = store.export_components(store.active("demo-tk"), 3,
+            ...     custodians=["alice", "bob", "carol"], actor="km1+aud1")  # doctest: +SKIP
+            >>> kcv(xor_combine(parts)) == store.get("demo-tk").kcv       # doctest: +SKIP
+            True
         """
         ...
 

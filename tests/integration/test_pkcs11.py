@@ -349,7 +349,7 @@ def test_capabilities_report_the_known_softhsm_gaps(store: Pkcs11KeyStore) -> No
     report = store.capability_report()
     assert {"derive:A", "derive:B", "derive:C", "kcv", "sign:rsa", "generate:tdes2"} <= caps
     for gap in ("sign:sm2", "generate:sm4", "derive:sm4", "translate", "icc_keypair:rsa",
-                "import_key_block", "export_key_block"):  # fmt: skip
+                "import_key_block", "export_key_block", "export_components"):  # fmt: skip
         assert gap not in caps
         assert report.reason(gap)
     probes = dict(report.probes)
@@ -383,6 +383,9 @@ def test_unsupported_operations_raise_capability_error(
     with pytest.raises(CapabilityError, match=r"import_key_block.*TR-31"):
         store.import_key_block(_label("kb"), "D0000", keys["tk"], KeyRole.KEK, "o",
                                expected_kcv=None, actor="km1")  # fmt: skip
+    with pytest.raises(CapabilityError, match=r"export_components: .*cannot export_components: "
+                       r"not implemented: .*outside the token"):  # fmt: skip
+        store.export_components(keys["tk"], 2, custodians=["c1", "c2"], actor="km1")
     # An AES-256 card key needs two AES blocks: CBC is not ECB there, so refused.
     with pytest.raises(CapabilityError, match="cannot wrap a 32-byte key"):
         store.derive_and_wrap(keys["imk_aes256"], "4761739001010119", "01",

@@ -262,8 +262,28 @@ def test_import_components_kcv_mismatch_stores_nothing(tmp_path: Path) -> None:
     with pytest.raises(CeremonyError, match=r"distinct custodians"):
         s.import_components("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo",
                             [IMK, ZERO16], kcv(IMK), custodians=["a", "a"], actor="o")  # fmt: skip
+    with pytest.raises(CeremonyError, match=r"3 components need as many distinct custodians"):
+        s.import_components("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo",
+                            [IMK, ZERO16, ZERO16], kcv(IMK), custodians=["a", "b"],
+                            actor="o")  # fmt: skip
     assert [r.label for r in s.list()] == ["audit-mac"]
     assert s.audit_trail.verify().ok
+
+
+def test_import_components_records_every_share_holder(tmp_path: Path) -> None:
+    """A key held as Shamir shares enters as two XOR components; all holders are recorded."""
+    s = new_store(tmp_path)
+    holders = ["a", "b", "c", "d", "e"]
+    rec = s.import_components(
+        "zmk", KeyAlgorithm.TDES2, KeyUsage.K1, KeyRole.KBPK, "issuer:demo", [IMK, ZERO16],
+        kcv(IMK), custodians=holders, actor="o",
+    )  # fmt: skip
+    assert rec.custodians == tuple(holders) == s.get("zmk").custodians
+    with pytest.raises(CeremonyError, match=r"got 3 \(2 distinct\)"):
+        s.import_components("zmk", KeyAlgorithm.TDES2, KeyUsage.K1, KeyRole.KBPK, "issuer:demo",
+                            [IMK, ZERO16], kcv(IMK), custodians=["a", "b", "a"],
+                            actor="o")  # fmt: skip
+    assert [r.version for r in s.list() if r.label == "zmk"] == [1]
 
 
 def test_mac_pan_token_and_data_envelopes(tmp_path: Path) -> None:
