@@ -20,6 +20,8 @@ Example:
     $ cardprep keys ceremony --plan config/demo/ceremony-plan.yaml --files DIR \\
           --answers answers.yaml --rehearse
     $ cardprep keys list
+    $ cardprep keys export --as-components --custodian alice --custodian bob \\
+          --custodian carol --by km1 --witness aud1 --out DIR demo-tk@v1
 """
 
 from __future__ import annotations
@@ -370,6 +372,25 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    """A TR-31 key block under ``--kbpk`` to the file ``--out``, or components to envelopes.
+
+    ``--as-components``: one envelope per ``--custodian`` (2..3 XOR
+    components, or n Shamir shares with ``--threshold m``) in the directory
+    ``--out`` (default: the current directory), under ``envelopes/label@vN/``.
+    """
+    if args.as_components:
+        if args.kbpk is not None:
+            raise CeremonyError("kbpk", "--as-components writes envelopes: no --kbpk")
+        step: dict[str, Any] = {
+            "action": "export-components", "key": args.key, "custodians": args.custodian,
+        }  # fmt: skip
+        if args.threshold is not None:
+            step["scheme"], step["threshold"] = "shamir", args.threshold
+        return _run_one(args, step, out_dir=args.out)
+    if args.custodian or args.threshold is not None:
+        raise CeremonyError("custodian", "--custodian and --threshold go with --as-components")
+    if args.kbpk is None or args.out is None:
+        raise CeremonyError("export", "a key block export needs --kbpk and --out FILE")
     out = Path(args.out)
     return _run_one(
         args,
@@ -494,10 +515,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sender", required=True, help="who sent the key (for discrepancies)")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("export", parents=[common, dual], help="export a TR-31 key block")
+    p = sub.add_parser("export", parents=[common, dual],
+                       help="export a TR-31 key block, or components to envelopes")  # fmt: skip
     p.add_argument("key", help="label or label@vN")
-    p.add_argument("--kbpk", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--kbpk", help="label of the key block protection key")
+    p.add_argument("--out", type=Path,
+                   help="key block file; with --as-components the envelope directory")  # fmt: skip
+    p.add_argument("--as-components", action="store_true",
+                   help="split into components, one envelope per --custodian")  # fmt: skip
+    p.add_argument("--custodian", action="append", default=[])
+    p.add_argument("--threshold", type=int, help="Shamir m (with --as-components)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", parents=[common], help="list keys (never key material)")

@@ -16,7 +16,12 @@ section 2: split knowledge, dual control, a KCV checked on every entry):
   :mod:`pipeline.keys.hmk`); the key store is opened with the entered HMK.
 * **Key output as components**: a new key is generated as random components,
   each written to its own envelope (:mod:`pipeline.keys.envelopes`) with its
-  KCV and serial, and entered into the store as their combination.
+  KCV and serial, and entered into the store as their combination
+  (``generate-components``); an existing exportable key is split by the
+  store itself (:meth:`KeyStore.export_components`) and its components go
+  to envelopes the same way (``export-components``).  Either way every
+  custodian gets one envelope and the holding ledger refuses anyone who
+  holds another component of the same label.
 * **Dual control**: every plan names an ``officer`` and a ``witness``, two
   different active custodians; a ceremony in which fewer than two people
   take part is refused ("a single custodian cannot complete a ceremony").
@@ -189,6 +194,7 @@ class StepAction(Enum):
     GENERATE = "generate"
     GENERATE_COMPONENTS = "generate-components"
     EXPORT_KEY_BLOCK = "export-key-block"
+    EXPORT_COMPONENTS = "export-components"
     ROTATE = "rotate"
     SUSPEND = "suspend"
     RESUME = "resume"
@@ -428,6 +434,7 @@ def _check_step(step: Step) -> None:
         a.GENERATE: ("label", "algorithm", "usage", "role", "owner"),
         a.GENERATE_COMPONENTS: ("label", "algorithm", "usage", "role", "owner", "custodians"),
         a.EXPORT_KEY_BLOCK: ("key", "kbpk", "file"),
+        a.EXPORT_COMPONENTS: ("key", "custodians"),
         a.ROTATE: ("label",),
         a.SUSPEND: ("key",),
         a.RESUME: ("key",),
@@ -857,6 +864,7 @@ class Ceremony:
             StepAction.GENERATE: self._generate,
             StepAction.GENERATE_COMPONENTS: self._generate_components,
             StepAction.EXPORT_KEY_BLOCK: self._export_key_block,
+            StepAction.EXPORT_COMPONENTS: self._export_components,
             StepAction.ROTATE: self._rotate,
             StepAction.SUSPEND: self._lifecycle,
             StepAction.RESUME: self._lifecycle,
@@ -1074,12 +1082,7 @@ class Ceremony:
         length = step.algorithm.key_length
         if length is None:
             raise CeremonyError("algorithm", f"{step.algorithm.value} has no components")
-        holders = [(i, c) for i, c in enumerate(step.custodians, 1)]
-        if step.scheme is Scheme.XOR and not 2 <= len(holders) <= 3:
-            raise CeremonyError(
-                "custodians", f"XOR output takes 2..3 custodians, got {len(holders)}"
-            )
-        self.ctx.registry.check_distinct_holders(step.label, holders)
+        holders = self._output_holders(step, step.label)
         key = secrets.token_bytes(length)
         if step.scheme is Scheme.XOR:
             values = list(xor_split(key, len(holders)))
@@ -1094,22 +1097,77 @@ class Ceremony:
             custodians=ids, actor=dual_actor(by, witness),
             exportability=step.exportability, mode_of_use=step.mode_of_use,
         )  # fmt: skip
+        self._envelopes(step, record, holders, values, threshold, dual_actor(by, witness))
+        return f"generated {_describe(record)} as {len(holders)} {step.scheme.value} envelopes"
+
+    def _output_holders(self, step: Step, label: str) -> list[tuple[int, str]]:
+        """``(slot, custodian)`` for a key output: the registry's holding rules checked.
+
+        XOR: 2..3 custodians; Shamir: at least the threshold.  Each custodian
+        gets one slot and must not hold another slot of ``label`` (any version).
+        """
+        holders = [(i, c) for i, c in enumerate(step.custodians, 1)]
+        if step.scheme is Scheme.XOR and not 2 <= len(holders) <= 3:
+            raise CeremonyError(
+                "custodians", f"XOR output takes 2..3 custodians, got {len(holders)}"
+            )
+        if step.scheme is Scheme.SHAMIR and len(holders) < (step.threshold or 2):
+            raise CeremonyError(
+                "custodians", f"{step.threshold}-of-n output needs at least {step.threshold} "
+                f"custodians, got {len(holders)}",
+            )  # fmt: skip
+        self.ctx.registry.check_distinct_holders(label, holders)
+        return holders
+
+    def _envelopes(  # noqa: PLR0917 (internal)
+        self,
+        step: Step,
+        record: KeyRecord,
+        holders: Sequence[tuple[int, str]],
+        values: Sequence[bytes],
+        threshold: int,
+        actor: str,
+    ) -> None:
+        """One envelope per custodian (component, its KCV, serial), then the holding ledger."""
         out_dir = self.ctx.out_dir / "envelopes" / str(record.ref)
+        method = kcv_method_of(record.algorithm)
         for (slot, custodian), value in zip(holders, values, strict=True):
             env = self.ctx.envelopes.create(
-                out_dir, key=str(record.ref), algorithm=step.algorithm.value,
+                out_dir, key=str(record.ref), algorithm=record.algorithm.value,
                 scheme=step.scheme.value, slot=slot, count=len(holders), threshold=threshold,
                 custodian=custodian, value=value,
-                component_kcv=key_kcv(step.algorithm, value).hex().upper(),
-                key_kcv=key_check.hex().upper(), kcv_method=kcv_method_of(step.algorithm),
-                actor=dual_actor(by, witness), ceremony=self.plan.ceremony,
+                component_kcv=compute_kcv(value, method).hex().upper(),
+                key_kcv=record.kcv.hex().upper(), kcv_method=method,
+                actor=actor, ceremony=self.plan.ceremony,
             )  # fmt: skip
             self._say(f"  envelope {env.serial} for {custodian}: component {slot}, "
                       f"KCV {env.component_kcv}")  # fmt: skip
         self.ctx.registry.record_holdings(
-            step.label, record.version, holders, kind="output", ceremony=self.plan.ceremony
+            record.ref.label, record.version, holders, kind="output", ceremony=self.plan.ceremony
         )
-        return f"generated {_describe(record)} as {len(holders)} {step.scheme.value} envelopes"
+
+    def _export_components(self, step: Step) -> str:
+        """An existing key out as components: the store splits it, one envelope per custodian.
+
+        The registry checks come first (a refused custodian means nothing
+        leaves the store); the store checks usage, state and exportability
+        and audits the export with every component's KCV.
+        """
+        by, witness = self._pair(step)
+        store = self._store(step)
+        assert step.key
+        ref = self._ref(store, step.key)
+        holders = self._output_holders(step, ref.label)
+        threshold = step.threshold if step.scheme is Scheme.SHAMIR else None
+        values = store.export_components(
+            ref, len(holders), custodians=[c for _, c in holders],
+            actor=dual_actor(by, witness), threshold=threshold,
+        )  # fmt: skip
+        record = store.get(ref)
+        self._envelopes(
+            step, record, holders, values, threshold or len(holders), dual_actor(by, witness)
+        )
+        return f"exported {_describe(record)} as {len(holders)} {step.scheme.value} envelopes"
 
     def _export_key_block(self, step: Step) -> str:
         by, witness = self._pair(step)
@@ -1155,18 +1213,24 @@ class Ceremony:
 def _store_parts(
     scheme: Scheme, values: Sequence[bytes], key: bytes, holders: Sequence[tuple[int, str]]
 ) -> tuple[list[bytes], list[str]]:
-    """What :meth:`KeyStore.import_components` receives: XOR components and their custodians.
+    """What :meth:`KeyStore.import_components` receives: XOR components and the custodians.
 
-    The store takes 2..3 XOR components with one custodian each; Shamir
-    shares are recombined here and re-split into as many XOR components as
-    there are share holders, at most 3 (the store records the first three
-    holders; the full list is in the holding ledger and the audit trail).
+    XOR: the components as entered, one custodian each.  Shamir: the store
+    takes XOR components only, so the key (already recombined here for the
+    KCV check) is re-split into the minimum of two fresh components, and
+    *every* share holder is passed as a custodian, so the key record names
+    all of them.
+
+    Example:
+        >>> parts, ids = _store_parts(Scheme.SHAMIR, [], bytes(16),
+        ...     [(1, "a"), (2, "b"), (3, "c"), (4, "d")])
+        >>> len(parts), ids
+        (2, ['a', 'b', 'c', 'd'])
     """
     ids = [c for _, c in holders]
     if scheme is Scheme.XOR:
         return list(values), ids
-    count = min(len(ids), 3)
-    return list(xor_split(key, count)), ids[:count]
+    return list(xor_split(key, 2)), ids
 
 
 def _describe(record: KeyRecord) -> str:

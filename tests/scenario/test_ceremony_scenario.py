@@ -8,7 +8,10 @@ one scheduled destruction), check ``cardprep audit verify`` passes, then
 fails after one audit line is edited.  Plus the refusals: a single custodian
 cannot complete a ceremony, a KCV mismatch stores nothing, temporary staff
 and consultants cannot be appointed, a custodian cannot hold two components
-of one key.
+of one key.  And key output as components of an existing key
+(``cardprep keys export --as-components``): the exportable TK goes to three
+envelopes whose recombination has the store's KCV; a non-exportable IMK is
+refused, and so is one custodian for two components.
 
 The component files are written here into a temporary directory from demo
 TEST values (never committed).  No public vector exists for a whole
@@ -85,8 +88,10 @@ def _ceremony(w: dict[str, Path], *extra: str) -> int:
 
 
 def _secrets(w: dict[str, Path]) -> list[str]:
+    """Every clear value of the run: test keys, component files, envelope components."""
     values = [HMK.hex(), ZMK_ISSUER.hex(), KEK.hex()]
     values += [p.read_text().strip().lower() for p in w["files"].glob("*.hex")]
+    values += [read_envelope(p).value.hex() for p in w["tmp"].rglob("*.envelope")]
     return values
 
 
@@ -193,6 +198,65 @@ def test_envelope_sign_off_in_the_cli(
         )
         == 2
     )  # fmt: skip  (carol is neither addressee nor backup)
+
+
+def _export_components(w: dict[str, Path], key: str, out: Path, *custodians: str) -> int:
+    held = [arg for c in custodians for arg in ("--custodian", c)]
+    return main(["keys", "export", "--as-components", *held, "--by", "km1", "--witness", "aud1",
+                 "--out", str(out), key, *_store_args(w)])  # fmt: skip
+
+
+def test_export_existing_key_as_components(
+    ran: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The exportable bureau TK out as 3 envelopes; recombined here, its KCV is the store's."""
+    out = ran["tmp"] / "tk-out"
+    capsys.readouterr()
+    assert _export_components(ran, "demo-tk@v1", out, "alice", "bob", "carol") == 0
+    printed = capsys.readouterr().out
+    assert "exported demo-tk@v1 (tdes2 K0, active)" in printed
+    envelopes = sorted((out / "envelopes" / "demo-tk@v1").glob("*.envelope"))
+    contents = [read_envelope(p) for p in envelopes]
+    assert [(c.custodian, c.slot, c.count, c.scheme) for c in contents] == [
+        ("alice", 1, 3, "xor"), ("bob", 2, 3, "xor"), ("carol", 3, 3, "xor")]  # fmt: skip
+    for c in contents:
+        assert c.component_kcv == kcv(c.value).hex().upper()
+        assert f"envelope {c.serial} for {c.custodian}: component {c.slot}, KCV " in printed
+    tk = xor_combine([c.value for c in contents])
+    main(["keys", "show", "demo-tk@v1", *_store_args(ran)])
+    assert f"kcv:            {kcv(tk).hex().upper()} (tdes)" in capsys.readouterr().out
+    assert {c.key_kcv for c in contents} == {kcv(tk).hex().upper()}
+    _no_secret_in(printed, ran)
+    assert main(["custodians", "envelopes", "--key", "demo-tk@v1", *_store_args(ran)]) == 0
+    log = capsys.readouterr().out
+    assert all(f"{c.serial}" in log for c in contents) and log.count("created") >= 3
+    # The holders are on the ledger: carol now holds component 3 of demo-tk.
+    assert main(["custodians", "show", "carol", *_store_args(ran)]) == 0
+    assert "holds component 3 of demo-tk@v1" in capsys.readouterr().out
+
+
+def test_refusal_export_components_non_exportable_or_one_custodian_twice(
+    ran: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ran["tmp"] / "refused-out"
+    capsys.readouterr()
+    assert _export_components(ran, "demo-imk-smi", out, "alice", "bob") == 2
+    assert "demo-imk-smi@v1: usage E2 exportability N does not permit export" in (
+        capsys.readouterr().err
+    )
+    assert _export_components(ran, "demo-tk", out, "alice", "bob", "alice") == 2
+    assert "'alice' cannot hold two components of demo-tk" in capsys.readouterr().err
+    assert not out.exists() or not list(out.rglob("*.envelope"))
+    main(["audit", "show", "--action", "key.export_components", *_store_args(ran)])
+    shown = capsys.readouterr().out
+    assert "demo-imk-smi@v1" in shown and "refused" in shown
+    assert main(["audit", "verify", *_store_args(ran)]) == 0
+    trail = (ran["store"] / "audit.jsonl").read_text()
+    _no_secret_in(trail, ran)
+    (ok,) = [json.loads(x) for x in trail.splitlines()
+             if '"key.export_components"' in x and '"result":"ok"' in x]  # fmt: skip
+    assert ok["details"]["custodians"] == ["alice", "bob", "carol"]
+    assert len(ok["details"]["component_kcvs"]) == 3
 
 
 def test_refusal_single_custodian_cannot_complete_a_ceremony(

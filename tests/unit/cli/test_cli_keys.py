@@ -9,7 +9,8 @@ import yaml
 
 from pipeline.cli.main import main
 from pipeline.crypto import tr31
-from pipeline.keys.components import xor_combine, xor_split
+from pipeline.crypto.kcv import kcv
+from pipeline.keys.components import Share, shamir_combine, xor_combine, xor_split
 from pipeline.keys.custodians import (
     CustodianRegistry,
     CustodianRole,
@@ -370,3 +371,62 @@ def test_init_from_components(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         == 2
     )
     assert "2..3 components" in capsys.readouterr().err
+
+
+def test_export_as_components(
+    demo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``keys export --as-components``: envelopes recombine to a key with the listed KCV."""
+    assert _gen(demo, "demo-tk") == 0
+    out = tmp_path / "envs"
+    held = ["--custodian", "alice", "--custodian", "bob"]
+    capsys.readouterr()
+    rc = main(["keys", "export", "demo-tk", "--as-components", *held, "--out", str(out),
+               *DUAL, *demo])  # fmt: skip
+    assert rc == 0
+    contents = [read_envelope(p) for p in sorted(out.rglob("*.envelope"))]
+    assert [c.custodian for c in contents] == ["alice", "bob"]
+    key = xor_combine([c.value for c in contents])
+    assert not any(c.value.hex().upper() in capsys.readouterr().out for c in contents)
+    main(["keys", "list", *demo])
+    rows = {ln.split()[0]: ln.split()[5] for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["demo-tk"] == kcv(key).hex().upper() == contents[0].key_kcv
+
+
+def test_export_as_components_shamir(
+    demo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _gen(demo, "demo-tk") == 0
+    out = tmp_path / "shares"
+    held = ["--custodian", "alice", "--custodian", "bob", "--custodian", "carol"]
+    rc = main(["keys", "export", "demo-tk@v1", "--as-components", "--threshold", "2", *held,
+               "--out", str(out), *DUAL, *demo])  # fmt: skip
+    assert rc == 0
+    contents = [read_envelope(p) for p in sorted(out.rglob("*.envelope"))]
+    assert [(c.slot, c.threshold, c.scheme) for c in contents] == [
+        (1, 2, "shamir"), (2, 2, "shamir"), (3, 2, "shamir")]  # fmt: skip
+    key = shamir_combine([Share(c.slot, c.value) for c in contents[1:]], 2)
+    assert kcv(key).hex().upper() == contents[0].key_kcv
+
+
+def test_export_option_refusals(
+    demo: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default envelope directory is the current one
+    assert _gen(demo, "demo-tk") == 0
+    capsys.readouterr()
+    rc = main(["keys", "export", "demo-tk", "--as-components", "--kbpk", "x", "--custodian",
+               "alice", "--custodian", "bob", *DUAL, *demo])  # fmt: skip
+    assert rc == 2 and "no --kbpk" in capsys.readouterr().err
+    rc = main(["keys", "export", "demo-tk", "--out", str(tmp_path / "b"), *DUAL, *demo])
+    assert rc == 2 and "needs --kbpk and --out" in capsys.readouterr().err
+    rc = main(["keys", "export", "demo-tk", "--kbpk", "x", "--out", str(tmp_path / "b"),
+               "--custodian", "alice", *DUAL, *demo])  # fmt: skip
+    assert rc == 2 and "go with --as-components" in capsys.readouterr().err
+    rc = main(["keys", "export", "demo-tk", "--as-components", "--custodian", "alice",
+               *DUAL, *demo])  # fmt: skip
+    assert rc == 2 and "2..3 custodians, got 1" in capsys.readouterr().err
+    assert not (tmp_path / "envelopes").exists()

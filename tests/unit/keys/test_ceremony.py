@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from pipeline.crypto.kcv import kcv
-from pipeline.errors import AuditError, CeremonyError, ConfigError, CustodianError
+from pipeline.errors import AuditError, CeremonyError, ConfigError, CustodianError, KeyUsageError
 from pipeline.keys.ceremony import (
     AnswersPrompter,
     Ceremony,
@@ -31,7 +31,14 @@ from pipeline.keys.ceremony import (
     load_plan,
     parse_plan,
 )
-from pipeline.keys.components import format_share, shamir_split, xor_combine, xor_split
+from pipeline.keys.components import (
+    Share,
+    format_share,
+    shamir_combine,
+    shamir_split,
+    xor_combine,
+    xor_split,
+)
 from pipeline.keys.custodians import (
     CustodianRegistry,
     CustodianRole,
@@ -49,6 +56,7 @@ from pipeline.keys.model import (
     KeyState,
     KeyUsage,
 )
+from tests.unit.keys.storekit import new_store
 
 KEY = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")  # KCV 08D7B4
 HMK = bytes(range(32))
@@ -95,6 +103,17 @@ class FakeStore:
                  owner: str, *, actor: str, **_: Any) -> KeyRecord:  # fmt: skip
         self.calls.append(f"generate:{label}:{actor}")
         return self._add(label, algorithm, usage, role, owner, bytes(16), ())
+
+    def export_components(self, ref: KeyRef, count: int, *, custodians: Sequence[str],
+                          actor: str, threshold: int | None = None,
+                          ) -> tuple[bytes, ...]:  # fmt: skip
+        self.calls.append(f"export_components:{ref}:{actor}:{','.join(custodians)}")
+        rec, key = self.keys[ref.label][ref.version - 1]
+        if rec.exportability is not Exportability.E:
+            raise KeyUsageError(str(ref), "exportability N does not permit export")
+        if threshold is None:
+            return xor_split(key, count)
+        return tuple(s.value for s in shamir_split(key, threshold, count))
 
     def active(self, label: str) -> KeyRef:
         return self.keys[label][-1][0].ref
@@ -409,6 +428,161 @@ def test_generate_components_writes_envelopes(tmp_path: Path, reg: CustodianRegi
     assert xor_combine([c.value for c in contents]) == key
     assert {c.key_kcv for c in contents} == {rec.kcv.hex().upper()}
     assert [h.kind for h in reg.holdings("demo-zmk")] == ["output"] * 3
+
+
+def _export_plan(key: str, custodians: list[str], **step: Any) -> dict[str, Any]:
+    return {"ceremony": "x", "officer": "km1", "witness": "aud1", "steps": [
+        {"action": "export-components", "key": key, "custodians": custodians, **step}]}  # fmt: skip
+
+
+def test_parse_export_components_needs_key_and_custodians() -> None:
+    with pytest.raises(ConfigError, match=r"export-components needs \['custodians'\]"):
+        parse_plan(_export_plan("demo-tk", []))
+    with pytest.raises(ConfigError, match="Shamir needs a threshold"):
+        parse_plan(_export_plan("demo-tk", ["alice", "bob"], scheme="shamir"))
+
+
+def test_export_components_of_an_existing_key(tmp_path: Path, reg: CustodianRegistry) -> None:
+    store = FakeStore()
+    ctx, trail = _ctx(tmp_path, reg, store)
+    store._add("demo-tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", KEY, ())
+    Ceremony(parse_plan(_export_plan("demo-tk", ["alice", "bob", "carol"])), ctx).run()
+    assert store.calls == ["export_components:demo-tk@v1:km1+aud1:alice,bob,carol"]
+    envs = ctx.envelopes.list("demo-tk@v1")
+    assert [(e.slot, e.count, e.custodian, e.state.value) for e in envs] == [
+        (1, 3, "alice", "created"), (2, 3, "bob", "created"),
+        (3, 3, "carol", "created")]  # fmt: skip
+    contents = [read_envelope(Path(e.path)) for e in envs]
+    assert xor_combine([c.value for c in contents]) == KEY
+    for c, e in zip(contents, envs, strict=True):
+        assert c.component_kcv == e.component_kcv == kcv(c.value).hex().upper()
+        assert c.key_kcv == "08D7B4" and c.scheme == "xor" and c.threshold == 3
+    assert [(h.slot, h.custodian, h.kind) for h in reg.holdings("demo-tk")] == [
+        (1, "alice", "output"), (2, "bob", "output"), (3, "carol", "output")]  # fmt: skip
+    created = [e for e in trail.events if e[1] == "envelope.create"]
+    assert [e[4]["custodian"] for e in created] == ["alice", "bob", "carol"]
+    assert not any(c.value.hex() in repr(trail.events).lower() for c in contents)
+
+
+def test_export_components_shamir(tmp_path: Path, reg: CustodianRegistry) -> None:
+    store = FakeStore()
+    ctx, _ = _ctx(tmp_path, reg, store)
+    store._add("demo-zmk", KeyAlgorithm.TDES2, KeyUsage.K1, KeyRole.KBPK, "bureau:demo", KEY, ())
+    plan = _export_plan("demo-zmk@v1", ["alice", "bob", "carol", "dave"], scheme="shamir",
+                        threshold=2)  # fmt: skip
+    Ceremony(parse_plan(plan), ctx).run()
+    contents = [read_envelope(Path(e.path)) for e in ctx.envelopes.list("demo-zmk@v1")]
+    assert [(c.slot, c.threshold, c.scheme) for c in contents] == [
+        (i, 2, "shamir") for i in (1, 2, 3, 4)]  # fmt: skip
+    assert shamir_combine([Share(c.slot, c.value) for c in contents[2:]], 2) == KEY
+
+
+def test_export_components_same_custodian_twice_refused_before_the_store(
+    tmp_path: Path, reg: CustodianRegistry
+) -> None:
+    store = FakeStore()
+    ctx, _ = _ctx(tmp_path, reg, store)
+    store._add("demo-tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", KEY, ())
+    with pytest.raises(CustodianError, match="'alice' cannot hold two components of demo-tk"):
+        Ceremony(parse_plan(_export_plan("demo-tk", ["alice", "bob", "alice"])), ctx).run()
+    assert store.calls == [] and ctx.envelopes.list() == []
+
+
+def test_export_components_respects_the_holding_ledger(
+    tmp_path: Path, reg: CustodianRegistry
+) -> None:
+    """Entered by alice (1) and bob (2): exported to bob as component 1 is refused."""
+    store = FakeStore()
+    ctx, _ = _ctx(tmp_path, reg, store)
+    files = _write_components(tmp_path, KEY, 2)
+    Ceremony(parse_plan(_enter_plan(files, ["alice", "bob"])), ctx).run()
+    with pytest.raises(CustodianError, match="'bob' holds component 2 of demo-kek@v1"):
+        Ceremony(parse_plan(_export_plan("demo-kek", ["bob", "alice"])), ctx).run()
+    assert [c for c in store.calls if c.startswith("export")] == []
+    Ceremony(parse_plan(_export_plan("demo-kek", ["alice", "bob", "carol"])), ctx).run()
+    assert len(ctx.envelopes.list("demo-kek@v1")) == 3
+
+
+def test_export_components_count_and_refusal_from_the_store(
+    tmp_path: Path, reg: CustodianRegistry
+) -> None:
+    store = FakeStore()
+    ctx, trail = _ctx(tmp_path, reg, store)
+    store._add("demo-tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", KEY, ())
+    with pytest.raises(CeremonyError, match=r"XOR output takes 2\.\.3 custodians, got 4"):
+        Ceremony(parse_plan(_export_plan("demo-tk", ["alice", "bob", "carol", "dave"])), ctx).run()
+    rec = store._add("demo-imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "bin:1", KEY, ())
+    store.keys["demo-imk"][0] = (replace(rec, exportability=Exportability.N), KEY)
+    with pytest.raises(KeyUsageError, match="does not permit export"):
+        Ceremony(parse_plan(_export_plan("demo-imk", ["alice", "bob"])), ctx).run()
+    assert ctx.envelopes.list() == [] and reg.holdings("demo-imk") == []
+    assert ("ceremony.export-components", "refused") in [(e[1], e[3]) for e in trail.events]
+
+
+# --- Shamir holders on the key record --------------------------------------------------------
+
+
+def test_shamir_entry_records_every_share_holder(tmp_path: Path, reg: CustodianRegistry) -> None:
+    """4 shares of a 3-of-5 key entered: the record names all four holders (not three)."""
+    store = FakeStore()
+    ctx, _ = _ctx(tmp_path, reg, store)
+    shares = shamir_split(KEY, 3, 5)
+    names = []
+    for share in shares[:4]:
+        (tmp_path / f"s{share.index}").write_text(format_share(share))
+        names.append(f"s{share.index}")
+    holders = ["alice", "bob", "carol", "dave"]
+    raw = _enter_plan(names, holders, scheme="shamir", threshold=3)
+    Ceremony(parse_plan(raw), ctx).run()
+    rec, key = store.keys["demo-kek"][0]
+    assert key == KEY and rec.custodians == tuple(holders)
+
+
+def test_shamir_generate_components_records_every_holder(
+    tmp_path: Path, reg: CustodianRegistry
+) -> None:
+    store = FakeStore()
+    ctx, _ = _ctx(tmp_path, reg, store)
+    reg.appoint("erin", "Erin", CustodianRole.CUSTODIAN, EmploymentType.EMPLOYEE, backup="alice",
+                appointed_by="km1")  # fmt: skip
+    holders = ["alice", "bob", "carol", "dave", "erin"]
+    plan = parse_plan({"ceremony": "g", "officer": "km1", "witness": "aud1", "steps": [
+        {"action": "generate-components", "label": "demo-zmk", "algorithm": "tdes2",
+         "usage": "K1", "role": "kbpk", "owner": "bureau:demo", "scheme": "shamir",
+         "threshold": 2, "custodians": holders}]})  # fmt: skip
+    Ceremony(plan, ctx).run()
+    rec, key = store.keys["demo-zmk"][0]
+    assert rec.custodians == tuple(holders)
+    contents = [read_envelope(Path(e.path)) for e in ctx.envelopes.list("demo-zmk@v1")]
+    assert shamir_combine([Share(c.slot, c.value) for c in contents[3:]], 2) == key
+
+
+def test_shamir_entry_into_the_soft_store(tmp_path: Path, reg: CustodianRegistry) -> None:
+    """The real soft store records all four share holders; a wrong share stores nothing."""
+    store = new_store(tmp_path)
+    ctx, _ = _ctx(tmp_path, reg, FakeStore())
+    ctx.store = store
+    shares = shamir_split(KEY, 3, 5)
+    for share in shares:
+        (tmp_path / f"s{share.index}").write_text(format_share(share))
+    holders = ["alice", "bob", "carol", "dave"]
+    bad = Share(4, bytes(a ^ 1 for a in shares[3].value))
+    (tmp_path / "bad4").write_text(format_share(bad))
+    wrong = _enter_plan(["s1", "s2", "s3", "bad4"], holders, scheme="shamir", threshold=3)
+    wrong["steps"][0]["components"].reverse()  # the bad share is among the first three used
+    for i, spec in enumerate(wrong["steps"][0]["components"]):
+        spec["slot"] = 4 - i
+    with pytest.raises(CeremonyError, match="KCV mismatch for demo-kek"):
+        Ceremony(parse_plan(wrong), ctx).run()
+    assert [r.label for r in store.list()] == ["audit-mac"]
+    raw = _enter_plan(["s1", "s2", "s3", "s4"], holders, scheme="shamir", threshold=3)
+    Ceremony(parse_plan(raw), ctx).run()
+    rec = store.get("demo-kek")
+    assert rec.custodians == tuple(holders) and rec.kcv.hex().upper() == "08D7B4"
+    event = [e for e in store.audit_trail.events() if e.action == "key.import_components"][-1]
+    assert event.details["custodians"] == holders and event.details["components"] == 2
+    assert store.audit_trail.verify().ok
+    store.close()
 
 
 # --- prompters -----------------------------------------------------------------------------------
