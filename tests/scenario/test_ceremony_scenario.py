@@ -233,6 +233,18 @@ def test_export_existing_key_as_components(
     # The holders are on the ledger: carol now holds component 3 of demo-tk.
     assert main(["custodians", "show", "carol", *_store_args(ran)]) == 0
     assert "holds component 3 of demo-tk@v1" in capsys.readouterr().out
+    # Carol's envelope through its whole signed-off life; destroyed, the file is gone.
+    carol = contents[2]
+    for event, extra in (("handed-over", []), ("opened", []), ("destroyed", ["--witness", "km1"])):
+        assert main(["custodians", "sign-off", carol.serial, "--event", event, "--by", "carol",
+                     *extra, *_store_args(ran)]) == 0  # fmt: skip
+    assert not envelopes[2].exists()
+    capsys.readouterr()
+    main(["custodians", "envelopes", "--key", "demo-tk@v1", "--events", *_store_args(ran)])
+    log = capsys.readouterr().out
+    assert f"for carol      kcv {carol.component_kcv}  destroyed" in log
+    assert "destroyed    by carol witness km1" in log
+    assert carol.value.hex() not in (ran["store"] / "audit.jsonl").read_text().lower()
 
 
 def test_refusal_export_components_non_exportable_or_one_custodian_twice(
