@@ -87,6 +87,7 @@ from pipeline.keys.components import (
 )
 from pipeline.keys.hmk import (
     check_hmk,
+    hmk_from_passphrase,
     hmk_from_passphrase_file,
     hmk_kcv,
 )
@@ -221,6 +222,15 @@ def _symmetric(algorithm: KeyAlgorithm) -> Algorithm:
 
 def _asymmetric_kcv(public_key: bytes, public_exponent: bytes | None) -> bytes:
     return hashlib.sha256(public_key + (public_exponent or b"")).digest()[:3]
+
+
+def _passphrase_hmk(passphrase_file: Path | None, passphrase: bytes | None, salt: bytes) -> bytes:
+    """DEMO HMK from ``passphrase`` if given, else from the first line of ``passphrase_file``."""
+    if passphrase is not None:
+        return hmk_from_passphrase(passphrase, salt)
+    if passphrase_file is None:
+        raise KeyStoreError("passphrase_file", "no passphrase file and no passphrase given")
+    return hmk_from_passphrase_file(passphrase_file, salt)
 
 
 def _check_purpose(purpose: str) -> bytes:
@@ -445,7 +455,7 @@ class SoftKeyStore:
     def open_with_passphrase(
         cls,
         path: Path,
-        passphrase_file: Path,
+        passphrase_file: Path | None,
         *,
         create: bool = False,
         actor: str = "demo",
@@ -454,18 +464,21 @@ class SoftKeyStore:
         clock: Callable[[], datetime] = _utc_now,
         read_only: bool = False,
         test_only: bool = False,
+        passphrase: bytes | None = None,
     ) -> SoftKeyStore:
         """DEMO ONLY: open (or create) a store whose HMK comes from a passphrase file via scrypt.
 
         ``test_only`` (on creation) marks the store as holding public TEST keys,
-        which allows :meth:`import_test_key`.
+        which allows :meth:`import_test_key`.  ``passphrase`` (bytes, e.g. an
+        Airflow Connection password) is used instead of ``passphrase_file``;
+        it is never logged nor put in an error.
         """
         path = Path(path)
         if not path.exists():
             if not create:
                 raise KeyStoreError("path", f"no key store at {path}")
             salt = secrets.token_bytes(16)
-            hmk = hmk_from_passphrase_file(passphrase_file, salt)
+            hmk = _passphrase_hmk(passphrase_file, passphrase, salt)
             return cls.create(
                 path,
                 hmk,
@@ -487,28 +500,39 @@ class SoftKeyStore:
             raise KeyStoreError(
                 "hmk", f"{path} has no passphrase salt: its HMK enters as components"
             )
-        hmk = hmk_from_passphrase_file(passphrase_file, bytes.fromhex(row[0]))
+        hmk = _passphrase_hmk(passphrase_file, passphrase, bytes.fromhex(row[0]))
         return cls(
             path, hmk, audit_path=audit_path, settings=settings, clock=clock, read_only=read_only
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, create: bool = False) -> SoftKeyStore:
-        """Open the store ``settings.key_store`` describes (passphrase HMK only)."""
+    def from_settings(
+        cls, settings: Settings, *, create: bool = False, passphrase: bytes | None = None
+    ) -> SoftKeyStore:
+        """Open the store ``settings.key_store`` describes (passphrase HMK only).
+
+        ``passphrase`` (e.g. the Airflow Connection ``cardprep_keystore``
+        password, as bytes) replaces ``key_store.hmk.passphrase_file``.
+        """
         ks = settings.key_store
         if settings.is_production:
             raise KeyStoreError(
                 "settings.environment",
                 "the soft key store refuses to open when environment is 'production'",
             )
-        if ks.passphrase_file is None or ks.hmk_source.value != "passphrase_file":
+        if ks.hmk_source.value != "passphrase_file":
             raise KeyStoreError(
                 "key_store.hmk.source",
                 "components: enter the HMK components and open SoftKeyStore(path, hmk)",
             )
+        if ks.passphrase_file is None and passphrase is None:
+            raise KeyStoreError(
+                "key_store.hmk.passphrase_file", "not set, and no passphrase was given"
+            )
         return cls.open_with_passphrase(
-            ks.path, ks.passphrase_file, create=create, audit_path=ks.audit_path, settings=settings
-        )
+            ks.path, ks.passphrase_file, create=create, audit_path=ks.audit_path,
+            settings=settings, passphrase=passphrase,
+        )  # fmt: skip
 
     def worker_handle(self) -> SoftStoreHandle:
         """A picklable handle to reopen this store read-only in a worker process."""
