@@ -46,13 +46,22 @@ __all__ = [
 ]
 
 
-def open_store(settings: Settings, **options: Any) -> KeyStore:
+def open_store(settings: Settings, *, secret: bytes | None = None, **options: Any) -> KeyStore:
     """Open the backend ``settings.key_store.backend`` names.
 
     soft: :meth:`pipeline.keys.soft.SoftKeyStore.from_settings` (refuses
     production); pkcs11: ``pipeline.keys.pkcs11.Pkcs11KeyStore.from_settings``.
+    ``secret`` is the store's log-in secret handed over by the caller (e.g.
+    the Airflow Connection ``cardprep_keystore`` password): the soft store's
+    demo passphrase, or the PKCS#11 user PIN (UTF-8).  It replaces the file
+    the settings name, and is never logged nor put in an error.
     ``options`` are passed to the backend's ``from_settings``.
+
+    Example:
+        >>> open_store(load_settings(), secret=b"from a vault")  # doctest: +SKIP
     """
+    if secret is not None and ("pin" in options or "passphrase" in options):
+        raise ConfigError("secret", "give the secret once: secret= or pin=/passphrase=, not both")
     if settings.key_store.backend is Backend.PKCS11:
         from pipeline.keys import pkcs11  # noqa: PLC0415 (optional dependency)
 
@@ -63,8 +72,20 @@ def open_store(settings: Settings, **options: Any) -> KeyStore:
                 "pkcs11: Pkcs11KeyStore.from_settings is not available; construct "
                 "Pkcs11KeyStore(library, token_label, pin, audit=...) directly",
             )
+        if secret is not None:
+            options["pin"] = _pin_text(secret)
         store: KeyStore = factory(settings, **options)
         return store
     from pipeline.keys.soft import SoftKeyStore  # noqa: PLC0415 (import cost)
 
+    if secret is not None:
+        options["passphrase"] = secret
     return SoftKeyStore.from_settings(settings, **options)
+
+
+def _pin_text(secret: bytes) -> str:
+    """The PKCS#11 PIN as text (PKCS#11 v2.40 section 5.1: UTF-8 characters)."""
+    try:
+        return secret.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("secret", "the PKCS#11 PIN is not UTF-8 text") from None
