@@ -517,6 +517,9 @@ class KeyPool:
     def settle(self, batch_id: str, shard: str, public_key_sha256: Iterable[str]) -> dict[str, int]:
         """After a shard's output is durably written: consume what was used, burn the rest.
 
+        Call it only once every source of the shard was closed or its process
+        ended: an entry still held in a worker's memory would be burned here.
+
         Example:
             >>> hashes = [c.icc_public_key_sha256 for c in cards]   # doctest: +SKIP
             >>> pool.settle("9f3a...", "0", hashes)                 # doctest: +SKIP
@@ -638,7 +641,7 @@ class PoolIccSource:
         """
         ready = self._ready.setdefault(key, deque())
         wait_cards = self._dry.get(key, 0)
-        if wait_cards:
+        if wait_cards and self.on_empty is DryPolicy.INLINE:  # FAIL: always ask before failing
             self._dry[key] = wait_cards - 1
             return ready
         size = self._next.get(key, self.chunk)
