@@ -2,11 +2,14 @@
 
 The Connection carries (all optional):
 
-* ``password``: the PKCS#11 user PIN (pkcs11 backend).  It goes straight to
-  :func:`pipeline.keys.open_store` and nowhere else: this module never formats
-  it, never logs it, never returns it in XCom.  It is also registered with
-  Airflow's masker (``mask_secret``) as a second line of defence, but we do not
-  rely on masking: ``airflow dags test`` prints masked values in clear.
+* ``password``: the key store's log-in secret: the PKCS#11 user PIN
+  (pkcs11 backend) or the demo HMK passphrase (soft backend; it then
+  replaces ``key_store.hmk.passphrase_file``).  It goes straight to
+  ``pipeline.keys.open_store(settings, secret=...)`` and nowhere else: this
+  module never formats it, never logs it, never returns it in XCom.  It is
+  also registered with Airflow's masker (``mask_secret``) as a second line of
+  defence, but we do not rely on masking: ``airflow dags test`` prints masked
+  values in clear.
 * ``extra`` ``{"settings": "/path/to/settings.yaml"}``: the cardprep settings
   file (else ``$CARDPREP_SETTINGS``, else ``config/settings.yaml``).
 
@@ -54,10 +57,10 @@ class KeyStoreHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form: only the PIN (password) and the extra JSON matter."""
+        """Connection form: only the PIN / passphrase (password) and the extra JSON matter."""
         return {
             "hidden_fields": ["host", "schema", "login", "port"],
-            "relabeling": {"password": "Key store PIN"},
+            "relabeling": {"password": "Key store PIN / passphrase"},
             "placeholders": {"extra": '{"settings": "/etc/cardprep/settings.yaml"}'},
         }
 
@@ -98,16 +101,13 @@ class KeyStoreHook(BaseHook):
         return self._open(conn, self._settings_of(conn))
 
     def _open(self, conn: Any | None, settings: Settings) -> KeyStore:
-        """The PIN, if any, comes from the Connection password and goes to open_store only."""
-        from pipeline.errors import ConfigError  # noqa: PLC0415
-        from pipeline.keys import open_store  # noqa: PLC0415
-        from pipeline.keys.settings import Backend  # noqa: PLC0415
+        """The secret, if any, comes from the Connection password and goes to open_store only."""
+        from pipeline.keys import open_store  # noqa: PLC0415 (parse time)
 
         secret = conn.password if conn is not None else None
-        backend = settings.key_store.backend
         self.log.info(
-            "opening key store backend=%s from connection %s (PIN from connection: %s)",
-            backend.value,
+            "opening key store backend=%s from connection %s (secret from connection: %s)",
+            settings.key_store.backend.value,
             self.cardprep_conn_id if conn is not None else "<none: settings file>",
             "yes" if secret else "no",
         )
@@ -116,10 +116,4 @@ class KeyStoreHook(BaseHook):
         from airflow.sdk.log import mask_secret  # noqa: PLC0415
 
         mask_secret(secret, self.cardprep_conn_id)
-        if backend is Backend.PKCS11:
-            return open_store(settings, pin=secret)
-        raise ConfigError(
-            f"connection {self.cardprep_conn_id}.password",
-            "the soft key store takes its passphrase from key_store.hmk.passphrase_file; "
-            "a Connection password is used by the pkcs11 backend only",
-        )
+        return open_store(settings, secret=str(secret).encode("utf-8"))
