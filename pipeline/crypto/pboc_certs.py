@@ -325,26 +325,39 @@ def build_pboc_icc_certificate(  # noqa: PLR0917 - positional order is the issue
 # --- verification -------------------------------------------------------------------
 
 
+def _slices(kind: CertKind) -> tuple[tuple[str, int, int, bytes | None], ...]:
+    """(name, start, end, fixed value) per :data:`LAYOUT` row for ``kind``."""
+    rows = []
+    offset = 0
+    for spec in LAYOUT:
+        rows.append((spec.name, offset, offset + spec.size(kind), spec.value(kind)))
+        offset += spec.size(kind)
+    return tuple(rows)
+
+
+# Cut once from LAYOUT: the ICC certificate is split for every card's self-check.
+_SLICES = {kind: _slices(kind) for kind in CertKind}
+
+
 def _split(kind: CertKind, cert: bytes) -> dict[str, bytes]:
     """Cut ``cert`` by :data:`LAYOUT` and check its length and fixed fields."""
     if not isinstance(cert, bytes | bytearray):
         raise CertificateError("certificate", f"expected bytes, got {type(cert).__name__}")
-    expected = sum(spec.size(kind) for spec in LAYOUT)
+    slices = _SLICES[kind]
+    expected = slices[-1][2]
     if len(cert) != expected:
         raise CertificateError(
             "certificate", f"{kind.value} certificate must be {expected} bytes, got {len(cert)}"
         )
+    raw = bytes(cert)
     fields: dict[str, bytes] = {}
-    offset = 0
-    for spec in LAYOUT:
-        value = bytes(cert[offset : offset + spec.size(kind)])
-        offset += spec.size(kind)
-        fixed = spec.value(kind)
+    for name, start, end, fixed in slices:
+        value = raw[start:end]
         if fixed is not None and value != fixed:
             raise CertificateError(
-                spec.name, f"expected {fixed.hex().upper()}, got {value.hex().upper()}"
+                name, f"expected {fixed.hex().upper()}, got {value.hex().upper()}"
             )
-        fields[spec.name] = value
+        fields[name] = value
     return fields
 
 
