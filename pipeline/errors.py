@@ -140,6 +140,15 @@ class VerificationError(CardprepError):
     """A published batch fails independent verification."""
 
 
+class BatchPurgedError(VerificationError):
+    """The batch was purged by retention: its outputs are gone on purpose.
+
+    Raised by verification only when the ``purged.json`` tombstone is backed
+    by a ``retention.purge`` event in the audit trail (the detail names when
+    and which event), so that it is told apart from files gone missing.
+    """
+
+
 class InputFileCheckError(InputFileError):
     """An input file failed one named batch-level check (empty file, BOM, trailer, totals).
 

@@ -2,7 +2,8 @@
 
 * ``run``: one issuer file -> a published, verified batch (the same steps as the DAG).
 * ``verify``: re-check a published batch independently (manifest MAC, hashes,
-  counts, every certificate chain, KCVs).
+  counts, every certificate chain, KCVs); a batch retention purged exits 3
+  with when and which audit event, not "files missing".
 * ``inspect``: show a batch's manifest, or one card's DGIs (ids, lengths,
   flags); the PAN stays masked unless ``--reveal`` in the demo environment.
 * ``demo``: initialise the demo key store if needed, write a sample file, run
@@ -27,14 +28,17 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, VerificationError
+from pipeline.errors import BatchPurgedError, ConfigError, VerificationError
 from pipeline.io.manifest import load_manifest
 from pipeline.io.parts import iter_part_batches
 from pipeline.io.perso import open_card
 from pipeline.keys.settings import Settings, load_settings
 from pipeline.keys.store import KeyStore
 
-__all__ = ["format_summary", "register"]
+__all__ = ["EXIT_PURGED", "format_summary", "register"]
+
+#: ``cardprep verify`` exit status of a batch retention purged (0 ok, 1 failed, 2 error).
+EXIT_PURGED = 3
 
 
 def _date(text: str) -> date:
@@ -196,7 +200,7 @@ def _print_failures(exc: VerificationError) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``cardprep verify``: exit 0 when every check passes, 1 otherwise."""
+    """``cardprep verify``: exit 0 when every check passes, 3 when purged by retention, else 1."""
     from pipeline.steps.verify import verify_batch  # noqa: PLC0415
 
     settings = load_settings(args.settings)
@@ -204,6 +208,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         result = verify_batch(
             args.batch_dir, settings, cards=not args.no_cards, rederive=not args.no_rederive
         )
+    except BatchPurgedError as exc:
+        print(f"{exc.field} was {exc.detail}; its manifest MAC verifies, its outputs are gone "
+              "on purpose", file=sys.stderr)  # fmt: skip
+        return EXIT_PURGED
     except VerificationError as exc:
         _print_failures(exc)
         return 1

@@ -2,7 +2,9 @@
 
 DESIGN.md "The batch, step by step" 1: a file lands in the issuer's inbound
 directory; the batch id comes from its SHA-256, so a file whose batch is
-already published is not offered again.
+already published is not offered again.  That includes a batch retention has
+purged: its MACed manifest stays (with ``purged.json``), so a re-delivered
+copy of a purged file is not prepared a second time.
 
 Example:
     >>> detect("demo", load_settings())          # doctest: +SKIP
@@ -18,6 +20,7 @@ from pipeline.io.paths import batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
 from pipeline.records.issuers import load_issuer
 from pipeline.steps.context import batch_settings
+from pipeline.steps.retention import TOMBSTONE
 
 __all__ = ["IGNORED_SUFFIXES", "detect"]
 
@@ -43,8 +46,11 @@ def detect(issuer: str, settings: Settings) -> list[str]:
     waiting: list[str] = []
     for path in sorted(p for p in inbound.iterdir() if _candidate(p)):
         batch_id = batch_id_for(sha256_file(path))
-        if bs.paths(issuer, batch_id).manifest.exists():
-            log.info("detect: %s is batch %s, already published", path.name, batch_id)
+        paths = bs.paths(issuer, batch_id)
+        if paths.manifest.exists():
+            purged = (paths.base / TOMBSTONE).exists()
+            log.info("detect: %s is batch %s, already published%s", path.name, batch_id,
+                     " (outputs since purged by retention)" if purged else "")  # fmt: skip
             continue
         waiting.append(str(path))
     log.info("detect: issuer %s, %d file(s) waiting", issuer, len(waiting))

@@ -9,12 +9,18 @@ it securely when it expires).
 What a purge of one batch does, in this order (each step is idempotent, so a
 crash anywhere is finished by the next run):
 
+0. check the manifest's MAC with the key store (DOMAIN/OUTPUT: the manifest
+   is MACed under ``batch.manifest_key``): the publication time it carries
+   decides the purge, so an edited or forged manifest (a back-dated
+   ``created_at``) is *not* purged but reported (``refused``), and the DAG
+   fails so that a person looks;
 1. take the batch lock (a forced re-run of the same batch cannot interleave);
 2. append one ``retention.purge`` event to the key store's audit trail
    (batch id, publication time, age, retention, file count and bytes, the
    manifest's SHA-256): *fail closed*, nothing is deleted if the audit
    write fails;
-3. write ``purged.json`` (the same evidence) atomically beside the manifest;
+3. write ``purged.json`` (the same evidence and the audit event's sequence
+   number) atomically beside the manifest;
 4. delete the input file, but only if its SHA-256 is the batch's input hash
    (a different file that reuses the name is left alone);
 5. delete every other file of the batch except ``manifest.json``,
@@ -30,6 +36,12 @@ touched; neither are inbound files whose batch was never published (they
 are reported as ``stale_inputs`` when older than the retention, for a person
 to decide).
 
+Afterwards, :func:`raise_if_purged` (called by ``cardprep verify``) tells a
+purged batch from one whose files went missing: the tombstone must name
+this batch and this manifest, and the audit trail (which must verify) must
+hold the matching ``retention.purge`` event; then
+:class:`~pipeline.errors.BatchPurgedError` says when and which event.
+
 Example:
     >>> is_due("2026-01-01T00:00:00Z", 30, datetime(2026, 2, 1, tzinfo=UTC))
     True
@@ -44,13 +56,22 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError, VerificationError
+from pipeline.errors import (
+    BatchPurgedError,
+    ConfigError,
+    KeyNotFoundError,
+    KeyStateError,
+    KeyUsageError,
+    VerificationError,
+)
 from pipeline.io.atomic import write_text_atomic
 from pipeline.io.lock import exclusive_lock
+from pipeline.io.manifest import verify_manifest_mac
 from pipeline.io.paths import BatchPaths, batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -60,11 +81,15 @@ from pipeline.steps.context import BatchSettings, batch_settings, opened_store
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
+    "PURGE_ACTION",
     "TOMBSTONE",
+    "PurgeRecord",
     "is_due",
     "parse_utc",
     "purge_batch",
     "purge_expired",
+    "purge_record",
+    "raise_if_purged",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,6 +98,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RETENTION_DAYS = 30
 #: The evidence file a purge leaves beside the manifest.
 TOMBSTONE = "purged.json"
+#: The audit action of a purge.
+PURGE_ACTION = "retention.purge"
 #: What a purge keeps in the batch directory.
 _KEEP = frozenset({"manifest.json", TOMBSTONE, "superseded", ".lock"})
 #: Manifest members that may hold the publication time (publish writes ``created_at``
@@ -159,8 +186,10 @@ def purge_batch(
 
     ``inbound`` is the issuer's inbound folder, where the manifest's
     ``input.name`` is looked for.  The returned dict (JSON-able, no card
-    data) is also the content of ``purged.json`` and the details of the
-    audit event.
+    data) is also the content of ``purged.json`` (with ``audit_seq``, the
+    sequence number of its audit event) and the details of the audit event.
+    Raises :class:`~pipeline.errors.VerificationError` (nothing touched) when
+    the manifest's MAC does not verify with ``store``.
     """
     manifest_path = paths.manifest
     raw = manifest_path.read_bytes()
@@ -168,6 +197,9 @@ def purge_batch(
         manifest = json.loads(raw)
     except ValueError:
         raise VerificationError(f"{manifest_path} [manifest]", "not JSON") from None
+    if not isinstance(manifest, dict):
+        raise VerificationError(f"{manifest_path} [manifest]", "not a JSON object")
+    _check_manifest_mac(manifest, store, manifest_path)
     published = _published_at(manifest, manifest_path)
     if not is_due(published, retention_days, now):
         return None
@@ -190,9 +222,10 @@ def purge_batch(
         return {**evidence, "dry_run": True}
     with exclusive_lock(paths.lock, f"retention of batch {paths.batch_id}"):
         tombstone = paths.base / TOMBSTONE
-        if not tombstone.exists():
+        if not _names_manifest(tombstone, evidence["manifest_sha256"]):
             details = {k: v for k, v in evidence.items() if k != "batch_id"}
-            audit_batch(store, bs.actor, "retention.purge", paths.batch_id, **details)
+            seq = audit_batch(store, bs.actor, PURGE_ACTION, paths.batch_id, **details)
+            evidence["audit_seq"] = seq
             write_text_atomic(tombstone, json.dumps(evidence, indent=2, sort_keys=True) + "\n")
         evidence["input_removed"] = _remove_input(input_path, input_sha)
         _remove_outputs(paths.base)
@@ -202,6 +235,31 @@ def purge_batch(
         retention_days,
     )  # fmt: skip
     return evidence
+
+
+def _names_manifest(tombstone: Path, manifest_sha256: str) -> bool:
+    """True when ``tombstone`` is the purge evidence of the manifest with that digest.
+
+    A tombstone of an earlier publication (the batch was purged, then forced
+    through again) does not count: the new publication gets its own purge.
+    """
+    try:
+        doc = json.loads(tombstone.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("manifest_sha256") == manifest_sha256
+
+
+def _check_manifest_mac(manifest: dict[str, Any], store: KeyStore, path: Path) -> None:
+    """The manifest's MAC under the key it names (VerificationError naming the check if not).
+
+    A MAC key that is unknown, destroyed or of the wrong usage is a failed
+    check too: without it nothing vouches for the publication time.
+    """
+    try:
+        verify_manifest_mac(manifest, store, str(path))
+    except (KeyNotFoundError, KeyStateError, KeyUsageError) as exc:
+        raise VerificationError(f"{path} [mac]", f"cannot be checked: {exc}") from None
 
 
 def _issuer_policy(issuer: str, bs: BatchSettings, default: int) -> tuple[int, Path | None]:
@@ -241,8 +299,10 @@ def purge_expired(
     """The ``retention`` task: purge every published batch past its issuer's retention.
 
     Returns ``{"purged": [...evidence], "kept": n, "already_purged": n,
-    "unpublished": [batch ids],
+    "unpublished": [batch ids], "refused": [{"batch", "check", "detail"}],
     "stale_inputs": {issuer: [file names]}, "dry_run": bool, "now": iso}``.
+    ``refused`` lists batches left alone because their manifest failed its
+    MAC (or is unreadable): nothing vouches for their publication time.
     """
     moment = now or datetime.now(UTC)
     bs = batch_settings(settings)
@@ -252,6 +312,7 @@ def purge_expired(
     )  # fmt: skip
     purged: list[dict[str, Any]] = []
     unpublished: list[str] = []
+    refused: list[dict[str, str]] = []
     stale: dict[str, list[str]] = {}
     kept = already = 0
     with opened_store(settings, store) as ks:
@@ -269,7 +330,19 @@ def purge_expired(
                 if (batch_dir / TOMBSTONE).exists() and not _files_under(batch_dir):
                     already += 1
                     continue
-                done = purge_batch(paths, days, moment, ks, bs, inbound=inbound, dry_run=dry_run)
+                try:
+                    done = purge_batch(
+                        paths, days, moment, ks, bs, inbound=inbound, dry_run=dry_run
+                    )
+                except VerificationError as exc:
+                    log.error(
+                        "retention: batch %s of %s NOT purged: %s", batch_dir.name, issuer, exc
+                    )
+                    refused.append(
+                        {"batch": f"{issuer}/{batch_dir.name}", "check": exc.field,
+                         "detail": exc.detail}
+                    )  # fmt: skip
+                    continue
                 if done is None:
                     kept += 1
                 else:
@@ -283,5 +356,102 @@ def purge_expired(
         "kept": kept,
         "already_purged": already,
         "unpublished": unpublished,
+        "refused": refused,
         "stale_inputs": stale,
     }
+
+
+# --- after the purge: telling a purged batch from missing files -----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeRecord:
+    """A purge backed by the audit trail: when, and which event is the evidence."""
+
+    batch_id: str
+    purged_at: str
+    audit_seq: int
+    retention_days: int | None
+
+    def __str__(self) -> str:
+        return f"purged at {self.purged_at} by retention (evidence: audit event {self.audit_seq})"
+
+
+def _tombstone(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise VerificationError(f"{path} [tombstone]", "unreadable or not JSON") from None
+    if not isinstance(doc, dict):
+        raise VerificationError(f"{path} [tombstone]", "not a JSON object")
+    return doc
+
+
+def purge_record(paths: BatchPaths, store: KeyStore) -> PurgeRecord | None:
+    """The retention purge of ``paths``' batch, checked against the audit trail; None if none.
+
+    None when there is no ``purged.json``, or when it is the evidence of
+    another manifest (an earlier publication, superseded by a forced re-run:
+    the current one was not purged).  Otherwise the tombstone must name this
+    batch, and the key store's audit trail must verify (chain, MACs, sealed
+    head) and hold the ``retention.purge`` event of this batch with this
+    manifest's SHA-256 (and, when the tombstone records it, that sequence
+    number).  The time reported is the event's.  Raises
+    :class:`~pipeline.errors.VerificationError` when a tombstone is there but
+    not backed that way (a forged tombstone must not excuse missing files).
+
+    Example:
+        >>> str(purge_record(paths, store))                 # doctest: +SKIP
+        'purged at 2026-03-01T03:00:02Z by retention (evidence: audit event 412)'
+    """
+    path = paths.base / TOMBSTONE
+    if not path.exists():
+        return None
+    where = f"{path} [tombstone]"
+    doc = _tombstone(path)
+    if doc.get("batch_id") != paths.batch_id:
+        raise VerificationError(where, f"names batch {doc.get('batch_id')!r}, not this one")
+    try:
+        manifest_sha = sha256_file(paths.manifest)
+    except OSError:
+        raise VerificationError(where, "the manifest it refers to is unreadable") from None
+    if doc.get("manifest_sha256") != manifest_sha:
+        log.info(
+            "batch %s: %s is of an earlier manifest; not purged since", paths.batch_id, TOMBSTONE
+        )
+        return None
+    trail = getattr(store, "audit_trail", None)
+    if trail is None:
+        raise VerificationError(where, f"{type(store).__name__} has no audit trail to check it")
+    report = trail.verify()
+    if not report.ok:
+        raise VerificationError(
+            where, f"the audit trail does not verify ({report.problems[0]}): no evidence"
+        )
+    subject = f"batch {paths.batch_id}"
+    wanted = doc.get("audit_seq")
+    for event in trail.events():
+        if (event.action == PURGE_ACTION and event.subject == subject and event.result == "ok"
+                and event.details.get("manifest_sha256") == manifest_sha
+                and (wanted is None or event.seq == wanted)):  # fmt: skip
+            days = event.details.get("retention_days")
+            return PurgeRecord(
+                paths.batch_id,
+                str(event.details.get("purged_at") or event.ts),
+                event.seq,
+                days if isinstance(days, int) else None,
+            )
+    shown = f"event {wanted}" if wanted is not None else "no retention.purge event"
+    raise VerificationError(where, f"not backed by the audit trail ({shown} for this manifest)")
+
+
+def raise_if_purged(paths: BatchPaths, store: KeyStore) -> None:
+    """Raise :class:`~pipeline.errors.BatchPurgedError` when retention purged this batch.
+
+    Nothing happens for a batch without a tombstone; a tombstone the audit
+    trail does not back is a :class:`~pipeline.errors.VerificationError`
+    (see :func:`purge_record`).
+    """
+    record = purge_record(paths, store)
+    if record is not None:
+        raise BatchPurgedError(f"batch {paths.batch_id}", str(record))

@@ -64,6 +64,7 @@ from pipeline.profiles.loader import load_product, product_path
 from pipeline.profiles.model import ProductProfile, Scheme
 from pipeline.records.dgi import Dgi
 from pipeline.steps.context import batch_paths, batch_settings, opened_store
+from pipeline.steps.retention import raise_if_purged
 
 __all__ = ["Failure", "card_tags", "verify_batch"]
 
@@ -393,7 +394,9 @@ def verify_batch(
     """Verify a published batch (see the module docstring); return a summary dict.
 
     Raises :class:`~pipeline.errors.VerificationError` (``.failures``: every
-    failure found, up to 50) when any check fails.
+    failure found, up to 50) when any check fails, and its subclass
+    :class:`~pipeline.errors.BatchPurgedError` when retention purged the
+    batch (manifest MAC verified, purge backed by the audit trail).
     """
     started = time.monotonic()
     bs = batch_settings(settings)
@@ -404,6 +407,7 @@ def verify_batch(
     checked = 0
     with opened_store(settings, store) as ks:
         mac_key = verify_manifest_mac(manifest, ks, where)
+        raise_if_purged(paths, ks)  # outputs gone on purpose: BatchPurgedError, not "missing"
         _check_keys(ks, manifest, run, where)
         bad = _check_files(base, manifest, run)
         _check_counts(base, manifest, run, where, bad)
