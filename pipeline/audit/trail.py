@@ -17,6 +17,18 @@ Each line is one :class:`AuditEvent`::
   the whole chain still cannot produce the MACs.
 * A sealed **head** sidecar (``<trail>.head``: last seq and hash, MACed)
   detects truncation (dropping the newest lines) and forged appends.
+* Crash between the line and its seal: an append writes (and fsyncs) the
+  line, then replaces the head.  A process killed in between leaves exactly
+  one *unsealed* line: seq = head seq + 1, ``prev_hash`` = the head's hash,
+  its own hash and MAC valid.  Such a line was written by the audit-key
+  holder (a forger cannot MAC it), so :meth:`AuditTrail.verify` accepts it
+  (reported as a note) and the next append re-seals the head and records an
+  ``audit.recovered`` event before its own.  Anything else past the head
+  (two unsealed lines, a line whose chain or MAC fails, a torn line) still
+  fails, and a trail shorter than its head still reads as truncated.  The
+  head never proved more than this: replaying an older (validly MACed) head
+  file was, and is, the one way to hide dropped lines, so the window adds no
+  new forgery.
 
 Events never contain key bytes, components, PINs or full PANs: subjects are
 ``label@vN`` with the (public) KCV, PANs at most masked.  Writing fails closed:
@@ -45,9 +57,20 @@ from typing import Any, Protocol
 
 from pipeline.errors import AuditError
 
-__all__ = ["GENESIS_HASH", "AuditEvent", "AuditSealer", "AuditTrail", "VerifyReport"]
+__all__ = [
+    "GENESIS_HASH",
+    "RECOVERED_ACTION",
+    "AuditEvent",
+    "AuditSealer",
+    "AuditTrail",
+    "VerifyReport",
+    "unsealed_tail",
+]
 
 GENESIS_HASH = "0" * 64
+#: Action of the event an append records after re-sealing an interrupted append's line.
+RECOVERED_ACTION = "audit.recovered"
+_RECOVERY_ACTOR = "cardprep-audit"
 _HEX_KEYISH = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{32,}(?![0-9A-Fa-f])")
 
 
@@ -162,10 +185,12 @@ class VerifyReport:
     last_seq: int
     last_hash: str
     problems: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[str, ...] = field(default_factory=tuple)
 
     def __str__(self) -> str:
         if self.ok:
-            return f"audit trail OK: {self.entries} entries, head seq {self.last_seq}"
+            text = f"audit trail OK: {self.entries} entries, head seq {self.last_seq}"
+            return "; ".join((text, *self.notes))
         return f"audit trail FAILED ({len(self.problems)} problems): " + "; ".join(self.problems)
 
 
@@ -223,7 +248,9 @@ class AuditTrail:
             with open(self.path, "a+", encoding="utf-8") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 try:
-                    seq, prev = self._tail(fh)
+                    seq, prev, unsealed = self._tail(fh)
+                    if unsealed:
+                        seq, prev = self._recover(fh, seq, prev)
                     event = self._make(
                         seq=seq + 1,
                         prev_hash=prev,
@@ -233,10 +260,7 @@ class AuditTrail:
                         result=result,
                         details=details,
                     )
-                    fh.seek(0, os.SEEK_END)
-                    fh.write(event.to_json() + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    self._write_line(fh, event)
                     self._write_head(event.seq, event.hash)
                 finally:
                     fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
@@ -288,24 +312,62 @@ class AuditTrail:
             mac=mac.hex(),
         )
 
-    def _tail(self, fh: Any) -> tuple[int, str]:
-        """(seq, hash) of the last event, checked against the sealed head."""
+    @staticmethod
+    def _write_line(fh: Any, event: AuditEvent) -> None:
+        """Append one line and fsync it (before the head is re-sealed over it)."""
+        fh.seek(0, os.SEEK_END)
+        fh.write(event.to_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def _recover(self, fh: Any, seq: int, digest: str) -> tuple[int, str]:
+        """Seal the line an interrupted append left, then record that; the new (seq, hash)."""
+        self._write_head(seq, digest)
+        event = self._make(
+            seq=seq + 1,
+            prev_hash=digest,
+            actor=_RECOVERY_ACTOR,
+            action=RECOVERED_ACTION,
+            subject=f"seq {seq}",
+            result="ok",
+            details={
+                "unsealed_seq": seq,
+                "unsealed_hash": digest,
+                "cause": "an append was interrupted after its line, before its head seal; "
+                "the line's chain and MAC verified, head re-sealed",
+            },
+        )
+        self._write_line(fh, event)
+        self._write_head(event.seq, event.hash)
+        return event.seq, event.hash
+
+    def _tail(self, fh: Any) -> tuple[int, str, bool]:
+        """(seq, hash) of the last event, checked against the sealed head.
+
+        The flag is True when the last line is the one an interrupted append
+        left past the head (:func:`unsealed_tail`); any other mismatch refuses.
+        """
         fh.seek(0)
+        before: tuple[int, str] = (0, GENESIS_HASH)
         last: AuditEvent | None = None
         for line in fh:
             if line.strip():
+                if last is not None:
+                    before = (last.seq, last.hash)
                 last = AuditEvent.from_json(line)
         head = self._read_head()
         seq, digest = (last.seq, last.hash) if last else (0, GENESIS_HASH)
-        if head is not None and head != (seq, digest):
-            raise AuditError(
-                "audit trail",
-                f"head seal (seq {head[0]}) does not match the last line (seq {seq}): "
-                "trail truncated or tampered; run `cardprep audit verify`; refused",
-            )
-        if head is None and last is not None:
+        if head == (seq, digest) or (head is None and last is None):
+            return seq, digest, False
+        if last is not None and unsealed_tail(head, before, last, self._mac_ok):
+            return seq, digest, True
+        if head is None:
             raise AuditError("audit trail", f"head seal {self.head_path.name} missing; refused")
-        return seq, digest
+        raise AuditError(
+            "audit trail",
+            f"head seal (seq {head[0]}) does not match the last line (seq {seq}): "
+            "trail truncated or tampered; run `cardprep audit verify`; refused",
+        )
 
     def _write_head(self, seq: int, digest: str) -> None:
         key_id = self._sealer.key_id()
@@ -348,10 +410,15 @@ class AuditTrail:
 
         Detects edited (hash), deleted or reordered (seq / prev_hash),
         forged (MAC), truncated and appended-without-seal (head) entries.
-        Never raises for a bad trail: problems are listed in the report.
+        The one exception (module docstring): a single valid line just past
+        the head, left by an append killed before its seal, is reported as a
+        note, not a problem.  Never raises for a bad trail: problems are
+        listed in the report.
         """
         problems: list[str] = []
         prev, expected_seq, count = GENESIS_HASH, 1, 0
+        before: tuple[int, str] = (0, GENESIS_HASH)
+        last: AuditEvent | None = None
         try:
             lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []
         except OSError as exc:
@@ -374,22 +441,32 @@ class AuditTrail:
                 problems.append(f"line {lineno} (seq {event.seq}): content edited (hash)")
             if not self._mac_ok(event):
                 problems.append(f"line {lineno} (seq {event.seq}): MAC does not verify")
+            if last is not None:
+                before = (last.seq, last.hash)
+            last = event
             prev, expected_seq = event.hash, event.seq + 1
         last_seq = expected_seq - 1
+        notes: list[str] = []
         try:
             head = self._read_head()
         except AuditError as exc:
             problems.append(str(exc))
             head = (last_seq, prev)
-        if head is None:
-            if count:
-                problems.append("head seal missing")
-        elif head != (last_seq, prev):
+        if head == (last_seq, prev) or (head is None and not count):
+            pass
+        elif not problems and last is not None and unsealed_tail(head, before, last, self._mac_ok):
+            notes.append(
+                f"seq {last.seq} written but not sealed (append interrupted before its head "
+                "seal; chain and MAC verify): the next append re-seals it"
+            )
+        elif head is None:
+            problems.append("head seal missing")
+        else:
             problems.append(
                 f"head seal says seq {head[0]}, trail ends at seq {last_seq}: "
                 "truncated or appended without seal"
             )
-        return VerifyReport(not problems, count, last_seq, prev, tuple(problems))
+        return VerifyReport(not problems, count, last_seq, prev, tuple(problems), tuple(notes))
 
     def _mac_ok(self, event: AuditEvent) -> bool:
         try:
@@ -398,6 +475,40 @@ class AuditTrail:
             )
         except Exception:  # bad hex, unknown or destroyed audit key: a failure, not a crash
             return False
+
+
+def unsealed_tail(
+    head: tuple[int, str] | None,
+    before: tuple[int, str],
+    last: AuditEvent,
+    mac_ok: Callable[[AuditEvent], bool],
+) -> bool:
+    """True when ``last`` is the one line an append left past the sealed head before dying.
+
+    ``head`` is the sealed (seq, hash) (``None``: no head yet, i.e. seq 0 and
+    the genesis hash); ``before`` the (seq, hash) of the line before ``last``
+    ((0, genesis) when it is the first).  The line must follow the head
+    directly (seq + 1, ``prev_hash`` = head hash, the head sealing the line
+    before it), hash correctly, and carry a valid MAC under the audit key, so
+    it cannot be forged by someone without that key (PCI DSS 10.5).
+
+    Example:
+        >>> body = {"seq": 1, "ts": "t", "actor": "a", "action": "x", "subject": "s",
+        ...         "result": "ok", "details": {}, "prev_hash": GENESIS_HASH, "mac_key": "k@v1"}
+        >>> e = AuditEvent(**body, hash=chain_hash(GENESIS_HASH, body), mac="00")
+        >>> unsealed_tail(None, (0, GENESIS_HASH), e, lambda _: True)
+        True
+        >>> unsealed_tail(None, (0, GENESIS_HASH), e, lambda _: False)
+        False
+    """
+    sealed = head if head is not None else (0, GENESIS_HASH)
+    return (
+        sealed == before
+        and last.seq == sealed[0] + 1
+        and last.prev_hash == sealed[1]
+        and chain_hash(last.prev_hash, last.body()) == last.hash
+        and mac_ok(last)
+    )
 
 
 def _head_data(seq: int, digest: str) -> bytes:
