@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable
 from airflow.sdk.exceptions import ParamValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,14 +102,24 @@ def test_card_batch_shape(bag: DagBag, issuer: str) -> None:
     assert dag.params["issuer"] == issuer
 
 
-def test_card_batch_schedule_is_cron_from_config_or_inbound_asset(bag: DagBag) -> None:
-    dag = bag.dags["card_batch_demo"]
+@pytest.mark.parametrize("issuer", ISSUERS)
+def test_card_batch_schedule_is_cron_from_config_or_inbound_asset(bag: DagBag, issuer: str) -> None:
+    """Each issuer's DAG runs on the nightly cron OR an event on its own inbound asset."""
+    dag = bag.dags[f"card_batch_{issuer}"]
     timetable: Any = dag.timetable
     assert isinstance(timetable, AssetOrTimeSchedule)
     assert isinstance(timetable.timetable, CronTriggerTimetable)
     assert timetable.timetable.expression == DAGS_YAML["card_batch"]["schedule"]
     asset = timetable.asset_condition
-    assert (asset.name, asset.uri) == ("cardprep_inbound_demo", "cardprep://inbound/demo")
+    assert isinstance(asset, Asset)  # one asset, not an alias or a condition over several
+    assert (asset.name, asset.uri) == (f"cardprep_inbound_{issuer}", f"cardprep://inbound/{issuer}")
+    others = [bag.dags[f"card_batch_{i}"].timetable for i in ISSUERS if i != issuer]
+    assert all(getattr(t, "asset_condition", None) != asset for t in others)
+
+
+def test_retention_fails_the_run_on_a_refused_manifest(bag: DagBag) -> None:
+    tasks = bag.dags["retention"].task_dict
+    assert tasks["purge_expired"].downstream_task_ids == {"check_refused"}
 
 
 def _validated(bag: DagBag, dag_id: str, **conf: Any) -> dict[str, Any]:

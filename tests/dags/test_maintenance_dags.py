@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,9 +18,13 @@ from airflow.models.xcom import XComModel
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.utils.session import create_session
 
+from pipeline.errors import BatchPurgedError
+from pipeline.io.manifest import seal_manifest
+from pipeline.keys import KeyRef, open_store
 from pipeline.keys.pool import KeyPool, pool_path
 from pipeline.keys.settings import load_settings
 from pipeline.steps.batch import run_batch
+from pipeline.steps.verify import verify_batch
 from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env
 
 
@@ -93,25 +98,49 @@ def test_key_health_passes_on_the_demo_store(env: DemoEnv, bag: DagBag) -> None:
     assert report["healthy"] is True and report["checked"] > 10 and report["kcv_failures"] == []
 
 
+def _task_state(run: Any, task_id: str) -> str:
+    from airflow.models.taskinstance import TaskInstance  # noqa: PLC0415
+
+    with create_session() as session:
+        (ti,) = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id,
+            TaskInstance.task_id == task_id,
+        )  # fmt: skip
+        return str(ti.state)
+
+
 def test_retention_purges_a_backdated_published_batch(env: DemoEnv, bag: DagBag) -> None:
+    """A real batch, published 31 days ago (manifest re-MACed by the key holder), is purged;
+    a manifest back-dated without the key is refused and fails the run; verify says purged."""
     settings = load_settings(env.settings_path)
     summary = run_batch("demo", env.sample, settings, shard_size=64)
     manifest_path = Path(summary["manifest"])
     manifest = json.loads(manifest_path.read_text())
     old = datetime.now(UTC) - timedelta(days=31)
     manifest["created_at"] = old.strftime("%Y-%m-%dT%H:%M:%SZ")
-    manifest_path.write_text(json.dumps(manifest))
+    with open_store(settings) as store:
+        sealed = seal_manifest(manifest, store, KeyRef.parse(manifest["mac"]["key"]))
+    manifest_path.write_text(json.dumps(sealed))
+    forged = manifest_path.parent.with_name("f" * 16)  # same manifest, edited without the key
+    (forged / "bureau").mkdir(parents=True)
+    (forged / "bureau" / "x.cps").write_bytes(b"kept")
+    (forged / "manifest.json").write_text(json.dumps({**sealed, "batch_id": forged.name}))
 
     dry = bag.dags["retention"].test(run_conf={"dry_run": True})
     (listed,) = _results(dry, "purge_expired")
     assert [p["batch_id"] for p in listed["purged"]] == [summary["batch_id"]]
+    assert [r["batch"] for r in listed["refused"]] == [f"demo/{forged.name}"]
+    assert str(dry.state) == "failed" and _task_state(dry, "check_refused") == "failed"
     assert env.sample.exists() and Path(summary["bureau_file"]).exists()
 
+    shutil.rmtree(forged)
     run = bag.dags["retention"].test(run_conf={"dry_run": False})
     assert str(run.state) == "success"
     (done,) = _results(run, "purge_expired")
-    assert done["purged"][0]["input_removed"] is True
+    assert done["purged"][0]["input_removed"] is True and done["refused"] == []
     assert not env.sample.exists() and not Path(summary["bureau_file"]).exists()
     assert manifest_path.exists() and (manifest_path.parent / "purged.json").exists()
     trail = Path(settings.key_store.audit_path).read_text()
     assert '"retention.purge"' in trail and summary["batch_id"] in trail
+    with pytest.raises(BatchPurgedError, match=f"audit event {done['purged'][0]['audit_seq']}"):
+        verify_batch(manifest_path.parent, settings)
