@@ -13,7 +13,10 @@ The test, as an operator would:
    scheduler's own stdout, which carries unmasked task output) for full PANs
    of the input file, Luhn-valid digit runs and demo key hex;
 4. triggers the same file again and sees the run fail at once with
-   "already published", without a retry.
+   "already published", without a retry;
+5. posts an event on the asset ``cardprep_inbound_demo``
+   (``POST /api/v2/assets/events``, as the intake system does) and sees an
+   ``asset_triggered`` run start and succeed (nothing new to prepare).
 
 Every process started here is in one process group, killed at the end.
 """
@@ -48,6 +51,9 @@ USER = "operator"
 DAG_ID = "card_batch_demo"
 STARTUP_TIMEOUT = 90
 RUN_TIMEOUT = 120
+#: 13..19 digits standing alone; not the fraction of a decimal number (a log's
+#: ``duration=0.9564142280000851`` once held a Luhn-valid run of 16).
+_DIGIT_RUN = r"(?<![\d.])\d{13,19}(?!\d)"
 
 
 def _free_port() -> int:
@@ -229,7 +235,7 @@ def _luhn_ok(digits: str) -> bool:
 
 def _leaks(text: str, pans: set[str], keys: list[str]) -> list[str]:
     found = [f"PAN ...{p[-4:]}" for p in pans if p in text]
-    found += [f"Luhn-valid run ...{r[-4:]}" for r in re.findall(r"(?<!\d)\d{13,19}(?!\d)", text)
+    found += [f"Luhn-valid run ...{r[-4:]}" for r in re.findall(_DIGIT_RUN, text)
               if _luhn_ok(r)]  # fmt: skip
     upper = text.upper()
     found += [f"key ...{k[-4:]}" for k in keys if k in upper]
@@ -286,3 +292,35 @@ def test_retrigger_of_the_same_file_is_refused_as_published(
     assert "already published" in text and "use force" in text
     batches = list((demo.storage / "batches" / "demo").iterdir())
     assert len(batches) == 1 and (batches[0] / "manifest.json").exists()
+
+
+def test_an_asset_event_posted_over_the_api_starts_a_run(
+    airflow: Airflow, first_run: str, demo: DemoEnv
+) -> None:
+    """The intake system's path: POST /assets/events on cardprep_inbound_demo starts a run.
+
+    No new file is waiting (the sample is published), so the asset-triggered
+    run does not wait for one: it checks the inbound folder and ends as a
+    quiet success with nothing published.
+    """
+    found = airflow.api("GET", "/assets", params={"name_pattern": "cardprep_inbound_demo"})
+    (asset,) = [a for a in found["assets"] if a["name"] == "cardprep_inbound_demo"]
+    assert asset["uri"] == "cardprep://inbound/demo"
+    event = airflow.api("POST", "/assets/events",
+                        json={"asset_id": asset["id"], "extra": {"from": "intake"}})  # fmt: skip
+    assert event["asset_id"] == asset["id"]
+    deadline = time.monotonic() + 60
+    while True:
+        runs = airflow.api("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]
+        triggered = [r for r in runs if r["run_type"] == "asset_triggered"]
+        if triggered:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no asset-triggered run 60 s after the event: {runs}")
+        time.sleep(1)
+    (run,) = triggered
+    assert airflow.wait(run["dag_run_id"]) == "success"
+    states = {t["task_id"]: t["state"] for t in airflow.task_instances(run["dag_run_id"])}
+    assert states["wait_for_files"] == "success" and states["summary"] == "success"
+    batches = list((demo.storage / "batches" / "demo").iterdir())
+    assert len(batches) == 1  # nothing new was prepared
