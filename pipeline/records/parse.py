@@ -50,6 +50,7 @@ from pipeline.records.layout import FieldSpec, FieldType, FileFormat, HashMethod
 from pipeline.records.reasons import RejectReason
 
 __all__ = [
+    "HEADER_DATE_YEARS",
     "Check",
     "FileSummary",
     "HashTotal",
@@ -67,6 +68,12 @@ _DIGITS = re.compile(r"[0-9]+")
 _ALNUM = re.compile(r"[A-Za-z0-9]+")
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _READ_BUFFER = 1 << 20
+
+#: Years a header date may name.  A header date is the batch date
+#: (``batch_date_field``), against which card expiries, written YYMM, are
+#: read in the 2000s (docs/INPUT.md; ``Validator`` refuses any other
+#: century), so a date outside 2000..2099 is an input-file error, not a date.
+HEADER_DATE_YEARS = range(2000, 2100)
 
 
 class Check(Enum):
@@ -493,8 +500,29 @@ def _control_field_problem(spec: FieldSpec, value: str) -> str:
         return f"{value!r} is not alphanumeric"
     if t is FieldType.HEX and not _HEX.fullmatch(value):
         return f"{value!r} is not hexadecimal"
-    if t is FieldType.DATE and _parse_yyyymmdd(value) is None:
+    if t is FieldType.DATE:
+        return _header_date_problem(value)
+    return ""
+
+
+def _header_date_problem(value: str) -> str:
+    """Why ``value`` is not a plausible header date (YYYYMMDD, year in 2000..2099); "" if fine.
+
+    Example:
+        >>> _header_date_problem("20250115")
+        ''
+        >>> _header_date_problem("20250230")
+        "'20250230' is not a valid YYYYMMDD date"
+        >>> _header_date_problem("30250115")
+        "'30250115': year 3025 is outside 2000..2099 (expiries are YYMM in the 2000s)"
+    """
+    day = _parse_yyyymmdd(value)
+    if day is None:
         return f"{value!r} is not a valid YYYYMMDD date"
+    if day.year not in HEADER_DATE_YEARS:
+        first, last = HEADER_DATE_YEARS[0], HEADER_DATE_YEARS[-1]
+        return (f"{value!r}: year {day.year} is outside {first}..{last} "
+                "(expiries are YYMM in the 2000s)")
     return ""
 
 

@@ -170,6 +170,34 @@ def test_header_problems(tmp_path: Path, name: str) -> None:
         assert _check(p, name) == Check.HEADER.value
 
 
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("day", ["30250115", "19991231", "21000101", "00000101", "20250229"])
+def test_header_date_outside_2000s_or_not_a_date(tmp_path: Path, name: str, day: str) -> None:
+    """An implausible batch date is the file's fault: check "header", naming file and field.
+
+    20250229 is not a date (2025 is not a leap year); the others are real dates
+    outside 2000..2099, the century YYMM expiries are read in.
+    """
+    layout = load_layout(name)
+    p = write_file(tmp_path / "in", layout, [line_for(layout, GOOD)])
+    first, rest = p.read_bytes().split(b"\n", 1)
+    p.write_bytes(first.replace(b"20250115", day.encode()) + b"\n" + rest)
+    with pytest.raises(InputFileCheckError) as err:
+        verify_file(p, layout)
+    assert err.value.check == Check.HEADER.value
+    assert str(p) in str(err.value) and "file_date" in str(err.value) and day in str(err.value)
+
+
+@pytest.mark.parametrize("day", ["20000101", "20991231", "20240229"])
+def test_header_dates_at_the_edges_of_the_2000s_are_accepted(tmp_path: Path, day: str) -> None:
+    layout = load_layout("demo-csv")
+    p = write_file(tmp_path / "in", layout, [line_for(layout, GOOD)])
+    first, rest = p.read_bytes().split(b"\n", 1)
+    p.write_bytes(first.replace(b"20250115", day.encode()) + b"\n" + rest)
+    summary = verify_file(p, layout)
+    assert summary.batch_date is not None and summary.batch_date.isoformat().replace("-", "") == day
+
+
 def test_fixed_header_wrong_length(tmp_path: Path) -> None:
     layout = load_layout("demo-fixed")
     p = write_file(tmp_path / "in", layout, [line_for(layout, GOOD)])
