@@ -13,6 +13,17 @@ connection per store object):
   The block's header binds usage, algorithm, mode of use and exportability,
   and a proprietary optional block ``01`` binds ``label@vN``; every unwrap
   checks them against the row, so editing the row cannot repurpose a key.
+  Every column of a row (owner, state, custodians, KCV, timestamps, public
+  key, certificate, the block itself ...) is bound by ``row_mac`` =
+  HMAC-SHA-256 under HKDF(HMK, "cardprep/row-mac") (:mod:`pipeline.keys.rowmac`),
+  written on every insert and update and checked on every read; an edited
+  row fails with ``label@vN: row MAC mismatch``.  A store made before row
+  MACs (schema 1) is migrated when first opened read-write: the column is
+  added and the existing rows MACed, audited as ``store.migrate``.  That
+  migration trusts the rows as they are at that moment (only their key-block
+  binding is re-checked): it is the HMK holder vouching for them, so run it
+  where the database has not been exposed; it is refused when the audit
+  trail shows the store already had row MACs (a dropped column is tampering).
   RSA private keys are stored as PKCS #8 DER with algorithm ``R``, SM2 as the
   32-byte scalar ``d`` with algorithm ``E`` (X9.143 Table 3), SM4 under the
   proprietary algorithm code ``4``.  After destruction ``key_block`` is NULL.
@@ -107,6 +118,13 @@ from pipeline.keys.model import (
     check_label,
     rsa_strength_bits,
 )
+from pipeline.keys.rowmac import (
+    ROW_FIELDS,
+    ROW_MAC_SCHEME,
+    check_row_mac,
+    row_mac,
+    row_mac_key,
+)
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import CAPABILITIES
 from pipeline.keys.usage import (
@@ -119,7 +137,7 @@ from pipeline.keys.usage import (
 
 __all__ = ["ASYMMETRIC_KCV_METHOD", "SoftKeyStore", "SoftStoreHandle"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: keys.row_mac (schema 1 is migrated on open)
 #: KCV of a key pair: SHA-256(public key || public exponent), leftmost 3 bytes.
 ASYMMETRIC_KCV_METHOD = "sha256-pub"
 DEFAULT_AUDIT_LABEL = "audit-mac"
@@ -136,6 +154,7 @@ CREATE TABLE IF NOT EXISTS keys (
     source TEXT NOT NULL, created_at TEXT NOT NULL, activated_at TEXT,
     updated_at TEXT NOT NULL, destroy_after TEXT, destroyed_at TEXT,
     key_block TEXT, public_key BLOB, public_exponent BLOB, certificate TEXT,
+    row_mac TEXT,
     PRIMARY KEY (label, version)
 );
 CREATE TABLE IF NOT EXISTS destruction_evidence (
@@ -347,6 +366,7 @@ class SoftKeyStore:
             if stored is None:
                 raise KeyStoreError("path", f"{self.path} is not a cardprep key store")
             self._hmk = check_hmk(bytes(hmk), bytes.fromhex(stored))
+            self._row_key = row_mac_key(self._hmk)
         except BaseException:
             self._conn.close()
             raise
@@ -355,6 +375,11 @@ class SoftKeyStore:
         )
         self._audit_label = audit_key_label
         self._trail = AuditTrail(self.audit_path, _StoreSealer(self, audit_key_label), clock=clock)
+        try:
+            self._ensure_row_macs()
+        except BaseException:
+            self._conn.close()
+            raise
 
     @staticmethod
     def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
@@ -447,6 +472,7 @@ class SoftKeyStore:
             hmk_kcv=meta["hmk_kcv"],
             hmk_custodians=list(hmk_custodians),
             hmk_source="passphrase (demo)" if scrypt_salt is not None else "components",
+            row_mac=ROW_MAC_SCHEME,
         )
         store._trail.append(actor, "key.generate", _subject(audit_record[0]), "ok")
         return store
@@ -586,17 +612,52 @@ class SoftKeyStore:
             raise
         self._conn.execute("COMMIT")
 
-    _COLUMNS = (
-        "label, version, algorithm, bits, usage, role, mode, exportability, owner, state, "
-        "kcv, kcv_method, custodians, created_at, activated_at, updated_at, destroy_after, "
-        "destroyed_at, public_key, public_exponent, certificate"
-    )
+    _ROW_SELECT = ", ".join((*ROW_FIELDS, "row_mac"))
+
+    def _checked_row(self, values: Sequence[Any]) -> dict[str, Any]:
+        """A selected ``_ROW_SELECT`` row as a mapping, after its row MAC verifies."""
+        row = dict(zip((*ROW_FIELDS, "row_mac"), values, strict=True))
+        check_row_mac(self._row_key, row, row["row_mac"])
+        return row
+
+    def _row(self, ref: KeyRef) -> dict[str, Any]:
+        """Every column of ``ref``'s row, MAC-checked (KeyNotFoundError / KeyStoreError)."""
+        try:
+            values = self._conn.execute(
+                f"SELECT {self._ROW_SELECT} FROM keys WHERE label=? AND version=?",  # noqa: S608
+                (ref.label, ref.version),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
+            raise KeyStoreError(
+                str(ref), f"row unreadable ({type(exc).__name__}): edited outside the store?"
+            ) from None
+        if values is None:
+            raise KeyNotFoundError(str(ref), "no such key")
+        return self._checked_row(values)
+
+    def _update_row(self, ref: KeyRef, **changes: Any) -> None:
+        """UPDATE columns of a MAC-checked row and re-MAC it (inside a transaction).
+
+        The row is read and checked first, so an edit made outside the store
+        is never blessed by a later legitimate update.
+        """
+        row = self._row(ref)
+        row.pop("row_mac")
+        unknown = set(changes) - set(ROW_FIELDS)
+        if unknown:
+            raise KeyStoreError("columns", f"not key-row columns: {sorted(unknown)}")
+        row.update(changes)
+        sets = ", ".join(f"{column}=?" for column in changes)
+        self._conn.execute(
+            f"UPDATE keys SET {sets}, row_mac=? WHERE label=? AND version=?",  # noqa: S608
+            (*changes.values(), row_mac(self._row_key, row), ref.label, ref.version),
+        )
 
     @staticmethod
-    def _record_from_row(row: Sequence[Any]) -> KeyRecord:
+    def _record_from_row(row: dict[str, Any]) -> KeyRecord:
         cert = None
-        if row[20]:
-            raw = json.loads(row[20])
+        if row["certificate"]:
+            raw = json.loads(row["certificate"])
             cert = IssuerCertificateRecord(
                 certificate=bytes.fromhex(raw["certificate"]),
                 remainder=bytes.fromhex(raw["remainder"]),
@@ -608,51 +669,43 @@ class SoftKeyStore:
                 format=raw["format"],
             )
         return KeyRecord(
-            ref=KeyRef(row[0], int(row[1])),
-            algorithm=KeyAlgorithm(row[2]),
-            bits=int(row[3]),
-            usage=KeyUsage(row[4]),
-            role=KeyRole(row[5]),
-            mode_of_use=row[6],
-            exportability=Exportability(row[7]),
-            owner=row[8],
-            state=KeyState(row[9]),
-            kcv=bytes.fromhex(row[10]),
-            kcv_method=row[11],
-            custodians=tuple(json.loads(row[12])),
-            created_at=row[13],
-            activated_at=row[14],
-            updated_at=row[15],
-            destroy_after=row[16],
-            destroyed_at=row[17],
-            public_key=bytes(row[18]) if row[18] is not None else None,
-            public_exponent=bytes(row[19]) if row[19] is not None else None,
+            ref=KeyRef(row["label"], int(row["version"])),
+            algorithm=KeyAlgorithm(row["algorithm"]),
+            bits=int(row["bits"]),
+            usage=KeyUsage(row["usage"]),
+            role=KeyRole(row["role"]),
+            mode_of_use=row["mode"],
+            exportability=Exportability(row["exportability"]),
+            owner=row["owner"],
+            state=KeyState(row["state"]),
+            kcv=bytes.fromhex(row["kcv"]),
+            kcv_method=row["kcv_method"],
+            custodians=tuple(json.loads(row["custodians"])),
+            created_at=row["created_at"],
+            activated_at=row["activated_at"],
+            updated_at=row["updated_at"],
+            destroy_after=row["destroy_after"],
+            destroyed_at=row["destroyed_at"],
+            public_key=None if row["public_key"] is None else bytes(row["public_key"]),
+            public_exponent=(
+                None if row["public_exponent"] is None else bytes(row["public_exponent"])
+            ),
             certificate=cert,
         )
 
     def _fetch(self, ref: KeyRef) -> KeyRecord:
-        row = self._conn.execute(
-            f"SELECT {self._COLUMNS} FROM keys WHERE label=? AND version=?",  # noqa: S608
-            (ref.label, ref.version),
-        ).fetchone()
-        if row is None:
-            raise KeyNotFoundError(str(ref), "no such key")
-        return self._record_from_row(row)
+        return self._record_from_row(self._row(ref))
 
     def _fetch_block(self, ref: KeyRef) -> str | None:
-        row = self._conn.execute(
-            "SELECT key_block FROM keys WHERE label=? AND version=?", (ref.label, ref.version)
-        ).fetchone()
-        return None if row is None else row[0]
+        try:
+            block = self._row(ref)["key_block"]
+        except KeyNotFoundError:
+            return None
+        return None if block is None else str(block)
 
     def _extra(self, ref: KeyRef) -> tuple[str | None, str]:
-        row = self._conn.execute(
-            "SELECT prev_state, source FROM keys WHERE label=? AND version=?",
-            (ref.label, ref.version),
-        ).fetchone()
-        if row is None:
-            raise KeyNotFoundError(str(ref), "no such key")
-        return row[0], row[1]
+        row = self._row(ref)
+        return row["prev_state"], row["source"]
 
     def _next_version(self, label: str) -> int:
         row = self._conn.execute("SELECT MAX(version) FROM keys WHERE label=?", (label,)).fetchone()
@@ -672,8 +725,10 @@ class SoftKeyStore:
         )
         return tr31.wrap(self._hmk, header, key)
 
-    def _unwrap_at_rest(self, record: KeyRecord) -> bytes:
-        block = self._fetch_block(record.ref)
+    def _unwrap_at_rest(self, record: KeyRecord, block: str | None = None) -> bytes:
+        """The clear key of ``record`` after its block's MAC and header binding verify."""
+        if block is None:
+            block = self._fetch_block(record.ref)
         if block is None:
             raise KeyStateError(str(record.ref), f"state {record.state.value}: no key block")
         try:
@@ -703,6 +758,79 @@ class SoftKeyStore:
                 "match the database record: refused",
             )
         return key
+
+    # --- row MACs: migration of a schema-1 store ------------------------------------------
+
+    def _ensure_row_macs(self) -> None:
+        """Add ``keys.row_mac`` to a store made before row MACs and MAC its rows (audited).
+
+        Read-only opens and stores that already have the column do nothing
+        (a read-only open of an unmigrated store is refused: it cannot be
+        checked).  Refused when the audit trail shows the store had row MACs
+        already (``store.create`` / ``store.migrate`` naming the scheme): a
+        missing column is then tampering, not age.  Each live row's key block
+        must still unwrap under the HMK with a header matching the row.
+        Column, MACs, schema version and the audit event commit together.
+        """
+        if self._has_row_mac_column():
+            return
+        if self.read_only:
+            raise KeyStoreError(
+                "row_mac",
+                f"{self.path.name} predates row MACs (schema 1): open it read-write once "
+                "(the HMK holder) to migrate; a read-only open cannot check its rows",
+            )
+        with self._tx():
+            if self._has_row_mac_column():  # another process migrated while we waited
+                return
+            self._refuse_if_row_macs_were_in_force()
+            self._conn.execute("ALTER TABLE keys ADD COLUMN row_mac TEXT")
+            values = self._conn.execute(
+                f"SELECT {', '.join(ROW_FIELDS)} FROM keys ORDER BY label, version"  # noqa: S608
+            ).fetchall()
+            migrated = []
+            for value in values:
+                row = dict(zip(ROW_FIELDS, value, strict=True))
+                record = self._record_from_row(row)
+                if row["key_block"] is not None:
+                    self._unwrap_at_rest(record, row["key_block"])
+                self._conn.execute(
+                    "UPDATE keys SET row_mac=? WHERE label=? AND version=?",
+                    (row_mac(self._row_key, row), row["label"], row["version"]),
+                )
+                migrated.append(str(record.ref))
+            previous = self._meta("schema_version")
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (SCHEMA_VERSION,),
+            )
+            self._audit(
+                "hmk-holder", "store.migrate", str(self.path.name), "ok",
+                schema_from=previous, schema_to=SCHEMA_VERSION, row_mac=ROW_MAC_SCHEME,
+                rows=len(migrated), keys=migrated,
+                trust="rows MACed as found; key-block binding re-checked",
+            )  # fmt: skip
+
+    def _has_row_mac_column(self) -> bool:
+        columns = self._conn.execute("PRAGMA table_info(keys)").fetchall()
+        return any(c[1] == "row_mac" for c in columns)
+
+    def _refuse_if_row_macs_were_in_force(self) -> None:
+        """KeyStoreError when the trail says this store was created with or migrated to row MACs."""
+        try:
+            events = list(self._trail.events())
+        except AuditError as exc:
+            raise KeyStoreError(
+                "row_mac", f"cannot read the audit trail to migrate: {exc}"
+            ) from None
+        for event in events:
+            if event.action in ("store.create", "store.migrate") and event.details.get("row_mac"):
+                raise KeyStoreError(
+                    "row_mac",
+                    f"the keys table has no row_mac column, but audit seq {event.seq} "
+                    f"({event.action}) shows the store had row MACs: column removed "
+                    "(tampering); refused",
+                )
 
     # --- loading keys for use -------------------------------------------------------------
 
@@ -875,21 +1003,24 @@ class SoftKeyStore:
         """Store ``record`` (inside a transaction); an ACTIVE one deactivates the previous."""
         if record.state is KeyState.ACTIVE:
             self._deactivate_others(record.ref)
-        block = self._wrap_at_rest(record, key)
+        row: dict[str, Any] = {
+            "label": record.ref.label, "version": record.ref.version,
+            "algorithm": record.algorithm.value, "bits": record.bits,
+            "usage": record.usage.value, "role": record.role.value, "mode": record.mode_of_use,
+            "exportability": record.exportability.value, "owner": record.owner,
+            "state": record.state.value, "prev_state": None, "kcv": record.kcv.hex().upper(),
+            "kcv_method": record.kcv_method, "custodians": json.dumps(list(custodians)),
+            "source": source, "created_at": record.created_at,
+            "activated_at": record.activated_at, "updated_at": record.updated_at,
+            "destroy_after": None, "destroyed_at": None,
+            "key_block": self._wrap_at_rest(record, key), "public_key": record.public_key,
+            "public_exponent": record.public_exponent, "certificate": None,
+        }  # fmt: skip
+        row["row_mac"] = row_mac(self._row_key, row)
         self._conn.execute(
-            "INSERT INTO keys (label, version, algorithm, bits, usage, role, mode, exportability,"
-            " owner, state, kcv, kcv_method, custodians, source, created_at, activated_at,"
-            " updated_at, key_block, public_key, public_exponent)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                record.ref.label, record.ref.version, record.algorithm.value, record.bits,
-                record.usage.value, record.role.value, record.mode_of_use,
-                record.exportability.value, record.owner, record.state.value,
-                record.kcv.hex().upper(), record.kcv_method, json.dumps(list(custodians)),
-                source, record.created_at, record.activated_at, record.updated_at, block,
-                record.public_key, record.public_exponent,
-            ),
-        )  # fmt: skip
+            f"INSERT INTO keys ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608
+            tuple(row.values()),
+        )
 
     def _deactivate_others(self, ref: KeyRef) -> list[KeyRef]:
         rows = self._conn.execute(
@@ -899,10 +1030,7 @@ class SoftKeyStore:
         now = _iso(self._clock())
         old = [KeyRef(ref.label, int(r[0])) for r in rows]
         for other in old:
-            self._conn.execute(
-                "UPDATE keys SET state=?, updated_at=? WHERE label=? AND version=?",
-                (KeyState.DEACTIVATED.value, now, other.label, other.version),
-            )
+            self._update_row(other, state=KeyState.DEACTIVATED.value, updated_at=now)
             self._cache.pop(other, None)
         return old
 
@@ -1159,10 +1287,7 @@ class SoftKeyStore:
                 }
             )
             with self._tx():
-                self._conn.execute(
-                    "UPDATE keys SET certificate=?, updated_at=? WHERE label=? AND version=?",
-                    (value, _iso(self._clock()), key.label, key.version),
-                )
+                self._update_row(key, certificate=value, updated_at=_iso(self._clock()))
                 self._audit(
                     actor, "key.set_certificate", _subject(record), "ok",
                     ca_rid=certificate.ca_rid, ca_index=certificate.ca_index,
@@ -1222,11 +1347,7 @@ class SoftKeyStore:
                 if action == "destroy":
                     self._erase(record, actor, updates["updated_at"])
                     updates["destroyed_at"] = updates["updated_at"]
-                sets = ", ".join(f"{column}=?" for column in updates)
-                self._conn.execute(
-                    f"UPDATE keys SET {sets} WHERE label=? AND version=?",  # noqa: S608
-                    (*updates.values(), ref.label, ref.version),
-                )
+                self._update_row(ref, **updates)
                 self._cache.pop(ref, None)
                 self._audit(
                     actor, f"key.{action}", _subject(record), "ok",
@@ -1259,10 +1380,7 @@ class SoftKeyStore:
                 "key block set to NULL (SQLite secure_delete zeroes the page; WAL truncated)",
             ),
         )  # fmt: skip
-        self._conn.execute(
-            "UPDATE keys SET key_block=NULL WHERE label=? AND version=?",
-            (record.ref.label, record.ref.version),
-        )
+        self._update_row(record.ref, key_block=None)
 
     def activate(self, ref: KeyRef, *, actor: str) -> KeyRecord:
         """PRE_ACTIVE -> ACTIVE (another active version becomes DEACTIVATED)."""
@@ -1616,13 +1734,18 @@ class SoftKeyStore:
 
     def list(self, owner: str | None = None) -> builtins.list[KeyRecord]:
         """See :meth:`pipeline.keys.store.KeyStore.list`."""
-        sql = f"SELECT {self._COLUMNS} FROM keys"  # noqa: S608
+        sql = f"SELECT {self._ROW_SELECT} FROM keys"  # noqa: S608
         params: tuple[str, ...] = ()
         if owner is not None:
             sql += " WHERE owner=?"
             params = (owner,)
-        rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
-        return [self._record_from_row(r) for r in rows]
+        try:
+            rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
+        except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
+            raise KeyStoreError(
+                "keys", f"a row is unreadable ({type(exc).__name__}): edited outside the store?"
+            ) from None
+        return [self._record_from_row(self._checked_row(r)) for r in rows]
 
 
 def _component_holders(

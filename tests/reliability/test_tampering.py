@@ -17,6 +17,7 @@ refusal), with a message naming what is wrong; the untouched clone passes.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -260,13 +261,6 @@ def test_edited_audit_trail_is_detected(
 
 # --- key-store rows ----------------------------------------------------------------------------
 
-UNBOUND = (
-    "SoftKeyStore rows carry no integrity protection for {col}: the key block binds usage, "
-    "algorithm, mode, exportability and label@version, and kcv() re-checks the KCV, but an "
-    "edited {col} passes `cardprep verify` and `cardprep audit verify`; store-core engineer: "
-    "MAC each row's columns under an HMK-derived key (checked in _fetch) or bind them in the "
-    "key block's optional blocks"
-)
 KEYSTORE_EDITS: list[Any] = [
     pytest.param("demo-imk-ac", "usage", "'K0'", id="imk-usage"),
     pytest.param("demo-imk-ac", "mode", "'N'", id="imk-mode"),
@@ -292,20 +286,10 @@ KEYSTORE_EDITS: list[Any] = [
         "demo-issuer-rsa", "public_key", "x'00' || substr(public_key, 2)", id="issuer-public-key"
     ),
     pytest.param("demo-imk-ac", "state", "'retired'", id="imk-state-retired"),
-    pytest.param(
-        "demo-imk-ac",
-        "owner",
-        "'issuer:other'",
-        id="imk-owner",
-        marks=pytest.mark.xfail(strict=True, reason=UNBOUND.format(col="owner")),
-    ),
-    pytest.param(
-        "demo-imk-ac",
-        "custodians",
-        "'[\"mallory\"]'",
-        id="imk-custodians",
-        marks=pytest.mark.xfail(strict=True, reason=UNBOUND.format(col="custodians")),
-    ),
+    # Columns the key block does not bind: caught by the row MAC (pipeline/keys/rowmac.py).
+    pytest.param("demo-imk-ac", "owner", "'issuer:other'", id="imk-owner"),
+    pytest.param("demo-imk-ac", "custodians", "'[\"mallory\"]'", id="imk-custodians"),
+    pytest.param("demo-imk-ac", "created_at", "'2020-01-01T00:00:00Z'", id="imk-created-at"),
 ]
 
 
@@ -329,9 +313,13 @@ def test_edited_key_store_row_is_detected(
     assert rc_verify != 0 or rc_audit != 0, (
         f"edited {label}.{column} not detected:\n{text_verify}\n{text_audit}"
     )
+    # ... by the row MAC (every column is bound), naming the row, as a refusal not a crash
+    assert 99 not in (rc_verify, rc_audit), text_verify
+    assert re.search(rf"{label}@v\d+: row (MAC mismatch|unreadable)", text_verify + text_audit), (
+        f"{text_verify}\n{text_audit}"
+    )
 
 
-@pytest.mark.xfail(strict=True, reason=UNBOUND.format(col="state (suspended -> active)"))
 def test_reactivated_suspended_key_is_detected(
     published: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -347,6 +335,8 @@ def test_reactivated_suspended_key_is_detected(
         store.close()
     with sqlite3.connect(world.keys_db) as db:
         db.execute("UPDATE keys SET state = 'active' WHERE label = 'demo-imk-smc'")
-    rc_verify, _ = _verify(world, capsys)
-    rc_audit, _ = _audit_verify(world, capsys)
+    rc_verify, text_verify = _verify(world, capsys)
+    rc_audit, text_audit = _audit_verify(world, capsys)
     assert rc_verify != 0 or rc_audit != 0
+    assert 99 not in (rc_verify, rc_audit), text_verify
+    assert "demo-imk-smc@v1: row MAC mismatch" in text_verify + text_audit, text_verify

@@ -35,6 +35,7 @@ from pipeline.keys.model import (
     KeyRole,
     KeyUsage,
 )
+from pipeline.keys.rowmac import ROW_FIELDS, row_mac, row_mac_key
 from pipeline.keys.settings import parse_settings
 from pipeline.keys.soft import SoftKeyStore
 from tests.unit.keys.storekit import HMK, FakeClock, new_store
@@ -327,12 +328,28 @@ def test_refuses_production(tmp_path: Path) -> None:
         SoftKeyStore.create(tmp_path / "new.db", HMK, actor="o", settings=production)
 
 
-def test_edited_usage_column_is_caught_by_the_key_block_binding(tmp_path: Path) -> None:
+def test_edited_usage_column_is_caught_by_the_row_mac(tmp_path: Path) -> None:
     s = new_store(tmp_path)
     kek = _import(s, "kek", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.KEK, IMK)
     s.close()
     with sqlite3.connect(s.path) as conn:
         conn.execute("UPDATE keys SET usage='D0', role='data' WHERE label='kek'")
+    s2 = SoftKeyStore(s.path, HMK)
+    with pytest.raises(KeyStoreError, match=r"kek@v1: row MAC mismatch"):
+        s2.encrypt_data(kek, b"x", "output")
+
+
+def test_edited_usage_column_is_caught_by_the_key_block_binding(tmp_path: Path) -> None:
+    """Second layer: with a valid row MAC (forged here with the HMK) the block binding holds."""
+    s = new_store(tmp_path)
+    kek = _import(s, "kek", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.KEK, IMK)
+    s.close()
+    with sqlite3.connect(s.path) as conn:
+        conn.execute("UPDATE keys SET usage='D0', role='data' WHERE label='kek'")
+        cols = ", ".join(ROW_FIELDS)
+        values = conn.execute(f"SELECT {cols} FROM keys WHERE label='kek'").fetchone()
+        mac = row_mac(row_mac_key(HMK), dict(zip(ROW_FIELDS, values, strict=True)))
+        conn.execute("UPDATE keys SET row_mac=? WHERE label='kek'", (mac,))
     s2 = SoftKeyStore(s.path, HMK)
     with pytest.raises(KeyStoreError, match=r"kek@v1: key block header .* does not match"):
         s2.encrypt_data(kek, b"x", "output")
