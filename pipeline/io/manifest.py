@@ -2,7 +2,8 @@
 
 DESIGN.md step 5 and issue 5 "Output": the manifest is written *last* and is
 the commit marker of a batch.  It lists the counts, the SHA-256 and size of
-every file, the label/version/KCV of every key used and the profile versions;
+every file (the reports included), the label/version/KCV of every key used
+and the profile versions;
 its MAC is ``store.mac(key, canonical_json, purpose="manifest")`` (AES-CMAC
 under a key the store derives from ``key`` for that purpose, so the TK itself
 never MACs anything else).  docs/OUTPUT.md section "Manifest" is the contract.
@@ -36,6 +37,7 @@ from pipeline.keys.model import KeyRef
 from pipeline.keys.store import KeyStore
 
 __all__ = [
+    "LEGACY_MANIFEST_FORMAT",
     "MAC_ALGORITHM",
     "MANIFEST_FORMAT",
     "MANIFEST_PURPOSE",
@@ -48,7 +50,10 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_FORMAT = "cardprep-manifest/1"
+#: Format 2: the reports are written before the manifest and listed in ``files``.
+MANIFEST_FORMAT = "cardprep-manifest/2"
+#: Format 1 (reports written after the manifest, outside it): still verifiable.
+LEGACY_MANIFEST_FORMAT = "cardprep-manifest/1"
 MANIFEST_PURPOSE = "manifest"
 MAC_ALGORITHM = "AES-CMAC under HKDF-SHA256(key, 'cardprep/mac/manifest'), 16 bytes"
 _MAC_FIELD = "mac"

@@ -1,9 +1,15 @@
 """The batch report, JSON and HTML, written beside the output (issue 5 "Output").
 
 Counts per product, reject reasons, timings and throughput, and the keys used
-(label, version, KCV).  The report is built from the sealed manifest and the
-step timings only: it never sees a PAN or a key.  The HTML is one
-self-contained page (inline CSS, every value escaped).
+(label, version, KCV).  The report is built from the manifest's body and the
+step timings only (:func:`build_report`): it never sees a PAN or a key.  The
+HTML is one self-contained page (inline CSS, every value escaped).
+
+Publish writes both reports *before* the manifest, which lists and hashes
+them (kinds ``report-json`` and ``report-html``, :data:`REPORT_KINDS`) and is
+written last as the batch's commit marker; nothing rewrites them afterwards.
+A crash therefore leaves either no manifest (not published: the re-run writes
+everything again) or a manifest whose reports are complete and hashed.
 
 Example:
     >>> report = {"batch_id": "00ab12cd34ef5678", "issuer": "demo",
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,10 @@ from pipeline.keys.store import KeyStore
 from pipeline.records.reasons import RejectReason
 
 __all__ = [
+    "REPORT_KINDS",
     "REPORT_PURPOSE",
+    "build_report",
+    "key_roles",
     "reason_rows",
     "render_html",
     "seal_report",
@@ -39,10 +49,12 @@ __all__ = [
     "write_report",
 ]
 
-#: The report is written after the manifest, so it cannot be listed in it;
-#: report.json carries its own MAC (``store.mac(key, canonical JSON, "report")``
-#: under the manifest's key) and report.html must render from it.
+#: report.json also carries its own MAC (``store.mac(key, canonical JSON,
+#: "report")`` under the manifest's key), so that a copy travelling without
+#: its manifest can still be checked; report.html must render from it.
 REPORT_PURPOSE = "report"
+#: Manifest ``files[].kind`` of report.json and report.html.
+REPORT_KINDS = ("report-json", "report-html")
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -68,6 +80,79 @@ def reason_rows(per_reason: Mapping[str, int]) -> list[dict[str, Any]]:
             name = "UNKNOWN"
         rows.append({"code": code, "reason": name, "count": int(count)})
     return rows
+
+
+def key_roles(manifest: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``label@vN`` -> the roles it played in this batch (``product:role``, ``manifest mac`` ...).
+
+    Example:
+        >>> key_roles({"products": {"p": {"keys": {"tk": "t@v1"}, "ca": {"key": "c@v1"}}},
+        ...            "data_key": "d@v1", "mac": {"key": "t@v1"}})
+        {'t@v1': ['manifest mac', 'p:tk'], 'c@v1': ['p:ca'], 'd@v1': ['card data seal']}
+    """
+    roles: dict[str, set[str]] = defaultdict(set)
+    for product, info in manifest.get("products", {}).items():
+        for role, ref in info.get("keys", {}).items():
+            roles[ref].add(f"{product}:{role}")
+        ca = info.get("ca", {}).get("key")
+        if ca:
+            roles[ca].add(f"{product}:ca")
+    if manifest.get("data_key"):
+        roles[manifest["data_key"]].add("card data seal")
+    mac_key = manifest.get("mac", {}).get("key")
+    if mac_key:
+        roles[mac_key].add("manifest mac")
+    return {ref: sorted(r) for ref, r in roles.items()}
+
+
+def build_report(
+    manifest: Mapping[str, Any], timings: Mapping[str, Any], mac_key: str, mac_kcv: str
+) -> dict[str, Any]:
+    """The report of a batch about to be published, from its manifest body (no ``mac`` yet).
+
+    ``mac_key``/``mac_kcv`` name the key the manifest will be MACed under;
+    ``files`` are the outputs the manifest lists so far (the reports
+    themselves are added to the manifest after this).  Throughput is derived
+    from ``prepare_seconds`` and ``workers``.
+
+    Example:
+        >>> m = {"batch_id": "b", "issuer": "demo", "created_at": "t", "input": {},
+        ...      "counts": {"in": 3, "prepared": 2, "rejected": 1, "per_product": {},
+        ...                 "per_reason": {"R001": 1}},
+        ...      "products": {}, "keys": [], "files": []}
+        >>> r = build_report(m, {"prepare_seconds": 0.5, "workers": 2}, "tk@v1", "ABCDEF")
+        >>> r["timings"]["cards_per_second"], r["reasons"][0]["reason"]
+        (4.0, 'PAN_LUHN')
+    """
+    counts = manifest["counts"]
+    roles = key_roles({**manifest, "mac": {"key": mac_key}})
+    keys = [{**k, "roles": roles.get(k["ref"], [])} for k in manifest["keys"]]
+    times = dict(timings)
+    prepare_s = float(times.get("prepare_seconds", 0) or 0)
+    workers = int(times.get("workers", 0) or 0)
+    if prepare_s > 0:
+        times["cards_per_second"] = round(counts["prepared"] / prepare_s, 1)
+        if workers:
+            times["cards_per_second_per_worker"] = round(
+                counts["prepared"] / prepare_s / workers, 1
+            )
+    return {
+        "batch_id": manifest["batch_id"],
+        "issuer": manifest["issuer"],
+        "created_at": manifest["created_at"],
+        "input": manifest["input"],
+        "counts": {k: counts[k] for k in ("in", "prepared", "rejected")},
+        "per_product": counts["per_product"],
+        "reasons": reason_rows(counts["per_reason"]),
+        "timings": times,
+        "keys": keys,
+        "products": {
+            p: {"version": v["version"], "scheme": v["scheme"], "ca": v["ca"]}
+            for p, v in manifest["products"].items()
+        },
+        "files": list(manifest["files"]),
+        "manifest_mac": {"key": mac_key, "kcv": mac_kcv},
+    }
 
 
 def _e(value: Any) -> str:
@@ -157,7 +242,7 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def write_report(json_path: Path, html_path: Path, report: Mapping[str, Any]) -> None:
-    """Write ``report.json`` and ``report.html`` atomically."""
+    """Write ``report.json`` and ``report.html``, each atomically (before the manifest)."""
     text = json.dumps(report, indent=2, sort_keys=True) + "\n"
     write_text_atomic(json_path, text)
     # rendered from the JSON as written, so that verify can render it again and compare

@@ -7,7 +7,11 @@ verify/parse -> plan -> prepare each shard (process pool inside) -> publish
 waits ``batch.lock_wait`` seconds, then refuses with
 :class:`~pipeline.errors.BatchLockedError`; after it, the batch is published
 and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
-``force``.
+``force``.  One exception: a run killed after the manifest (the commit
+marker) but before reconcile finished left a published batch with its
+staging; the re-run finishes the idempotent reconcile step (audit once,
+delete staging) without preparing anything, and returns its summary
+(``resumed: "reconcile"``).
 
 Example:
     >>> summary = run_batch("demo", "inbound/x.dat", load_settings())  # doctest: +SKIP
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.io.lock import exclusive_lock
+from pipeline.io.manifest import load_manifest
 from pipeline.io.paths import batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -33,7 +38,7 @@ from pipeline.steps.parse import verify_and_parse
 from pipeline.steps.plan import plan_shards
 from pipeline.steps.prepare import prepare_shard
 from pipeline.steps.publish import publish
-from pipeline.steps.reconcile import reconcile
+from pipeline.steps.reconcile import is_unreconciled, reconcile
 
 __all__ = ["run_batch"]
 
@@ -79,6 +84,11 @@ def run_batch(
     paths = bs.paths(cfg.id, batch_id)
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
             opened_store(settings, store) as ks:  # fmt: skip
+        if not force and is_unreconciled(paths):
+            log.warning("batch %s is published but its reconcile step did not finish "
+                        "(killed?): finishing it, nothing is prepared again", batch_id)  # fmt: skip
+            summary = reconcile({"batch_dir": str(paths.base)}, settings, store=ks)
+            return _resumed(summary, paths.manifest, started)
         parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, store=ks)
         shards = plan_shards(parsed, size)
         log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(shards), size)
@@ -88,5 +98,17 @@ def run_batch(
     summary["shards"] = len(shards)
     summary["records"] = parsed["records"]
     summary["valid"] = parsed["valid"]
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    return summary
+
+
+def _resumed(summary: dict[str, Any], manifest_path: Path, started: float) -> dict[str, Any]:
+    """The summary of a run that only finished reconcile: counts from the manifest."""
+    manifest = load_manifest(manifest_path)
+    counts = manifest["counts"]
+    summary["resumed"] = "reconcile"
+    summary["shards"] = len(manifest["shards"])
+    summary["records"] = counts["in"]
+    summary["valid"] = counts["in"] - counts["rejected_at_validation"]
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary

@@ -14,11 +14,16 @@ DESIGN.md step 5 and issue 5 "Output":
    prepared cards and rejects (a bitmap over line numbers).  Otherwise
    :class:`~pipeline.errors.ReconciliationError` and nothing is written.
 4. The bureau personalization file (:mod:`pipeline.io.perso`), the merged
-   rejects (Parquet + CSV), then ``manifest.json``: counts, SHA-256 and size of
-   every file, label/version/KCV of every key used, profile ids/versions and
+   rejects (Parquet + CSV), the batch report (``report.json`` with its own
+   MAC, ``report.html`` rendered from it; :mod:`pipeline.io.report`), then
+   ``manifest.json``: counts, SHA-256 and size of every file *including both
+   reports*, label/version/KCV of every key used, profile ids/versions and
    their file digests, the CA key of each product, layout, input SHA-256,
    created_at, software version; sealed with a MAC under a key derived from
-   the TK (:mod:`pipeline.io.manifest`) and written atomically *last*.
+   the TK (:mod:`pipeline.io.manifest`) and written atomically *last*.  It is
+   the commit marker: a kill before it leaves an unpublished batch (the
+   re-run writes every output again), a kill after it a published batch whose
+   files are all complete and hashed; no step rewrites a listed file.
 
 Example:
     >>> published = publish(parsed, shard_results, settings)   # doctest: +SKIP
@@ -47,6 +52,7 @@ from pipeline.io.parts import iter_part_batches, read_part_metadata
 from pipeline.io.paths import BatchPaths, sha256_file
 from pipeline.io.perso import BureauCard, BureauFileWriter, BureauHeader
 from pipeline.io.rejects import merge_reject_files
+from pipeline.io.report import REPORT_KINDS, build_report, seal_report, write_report
 from pipeline.keys.model import KeyAlgorithm, KeyRecord, KeyRef, KeyRole
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -352,9 +358,13 @@ def publish(
             "data_key": data_key,
             "files": files,
         }
+        timings = _timings(parsed, ordered, started)
+        report = build_report(manifest, timings, str(manifest_key), kcvs[str(manifest_key)])
+        write_report(paths.report_json, paths.report_html, seal_report(report, ks, manifest_key))
+        for path, kind in zip((paths.report_json, paths.report_html), REPORT_KINDS, strict=True):
+            files.append(_file_entry(path, paths.base, kind))
         sealed = seal_manifest(manifest, ks, manifest_key)
         write_manifest(paths.manifest, sealed)
-    seconds = round(time.monotonic() - started, 3)
     log.info(
         "batch %s published: %d in, %d prepared, %d rejected %s; manifest MAC under %s kcv=%s",
         paths.batch_id,
@@ -378,14 +388,23 @@ def publish(
         "per_reason": counts["per_reason"],
         "keys": {ref: kcv for ref, kcv in sorted(kcvs.items())},
         "manifest_key": str(manifest_key),
-        "timings": {
-            "parse_seconds": parsed.get("seconds", 0),
-            "prepare_seconds": round(sum(float(r.get("seconds", 0)) for r in ordered), 3),
-            "publish_seconds": seconds,
-            "workers": max((int(r.get("workers", 1)) for r in ordered), default=0),
-            "shards": len(ordered),
-            "resumed_shards": sum(1 for r in ordered if r.get("resumed")),
-        },
+        "report_json": str(paths.report_json),
+        "report_html": str(paths.report_html),
+        "timings": report["timings"],
+    }
+
+
+def _timings(
+    parsed: dict[str, Any], ordered: list[dict[str, Any]], started: float
+) -> dict[str, Any]:
+    """Step timings for the report (publish measured up to the report, which it is part of)."""
+    return {
+        "parse_seconds": parsed.get("seconds", 0),
+        "prepare_seconds": round(sum(float(r.get("seconds", 0)) for r in ordered), 3),
+        "publish_seconds": round(time.monotonic() - started, 3),
+        "workers": max((int(r.get("workers", 1)) for r in ordered), default=0),
+        "shards": len(ordered),
+        "resumed_shards": sum(1 for r in ordered if r.get("resumed")),
     }
 
 

@@ -1,13 +1,20 @@
-"""Step 6 (DAG task ``reconcile``): re-count from the files, audit, report, clean staging.
+"""Step 6 (DAG task ``reconcile``): re-count from the files, audit once, clean staging.
 
 DESIGN.md step 6: after publish, the counts are established again *from the
 written files* (part row counts, the merged rejects, the bureau file's header
-and trailer) and compared with the sealed manifest; then the batch is
-audited once in the key store's trail (``batch.published``: counts, keys
-used with label/version/KCV, the manifest's digest) and the report
-(``report.json`` + ``report.html``) lands beside the output.  Finally the
-sealed staging segments are deleted: the cards are published, so the clear
-records (sealed or not) have no reason to stay.
+and trailer; every listed file, the reports included, against its size and
+SHA-256) and compared with the sealed manifest; then the batch is audited
+once in the key store's trail (``batch.published``: counts, keys used with
+label/version/KCV, the manifest's digest).  Finally the sealed staging
+segments are deleted: the cards are published, so the clear records (sealed
+or not) have no reason to stay.
+
+The report (``report.json`` + ``report.html``) is written by publish *before*
+the manifest and listed in it; this step never writes a listed file.  It is
+idempotent, so a run killed after the manifest can finish it later (``cardprep
+run`` on the same file does, see :func:`is_unreconciled`): the audit event is
+appended only if the trail holds no ``batch.published`` event for this
+manifest's SHA-256 yet.
 
 Example:
     >>> summary = reconcile(published, settings)   # doctest: +SKIP
@@ -17,10 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,40 +35,34 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ReconciliationError
 from pipeline.io.manifest import load_manifest, verify_manifest_mac
-from pipeline.io.paths import sha256_file
+from pipeline.io.paths import BatchPaths, sha256_file
 from pipeline.io.perso import read_bureau_file
-from pipeline.io.report import reason_rows, seal_report, write_report
+from pipeline.io.report import key_roles
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
-from pipeline.steps.audit import audit_batch
+from pipeline.steps.audit import audit_batch, find_batch_event
 from pipeline.steps.context import batch_paths, batch_settings, opened_store
 
-__all__ = ["key_roles", "reconcile"]
+__all__ = ["PUBLISHED_EVENT", "is_unreconciled", "key_roles", "reconcile"]
 
 log = logging.getLogger(__name__)
 
+#: The audit action of a published batch (one per manifest).
+PUBLISHED_EVENT = "batch.published"
 
-def key_roles(manifest: dict[str, Any]) -> dict[str, list[str]]:
-    """``label@vN`` -> the roles it played in this batch (``product:role``, ``manifest mac`` ...).
+
+def is_unreconciled(paths: BatchPaths) -> bool:
+    """A published batch whose reconcile step did not finish (its staging is still there).
+
+    Reconcile deletes ``staging/`` as its last act and publish never runs
+    without it, so a manifest beside a staging directory means a run stopped
+    between the commit marker and the end of reconcile.
 
     Example:
-        >>> key_roles({"products": {"p": {"keys": {"tk": "t@v1"}, "ca": {"key": "c@v1"}}},
-        ...            "data_key": "d@v1", "mac": {"key": "t@v1"}})
-        {'t@v1': ['manifest mac', 'p:tk'], 'c@v1': ['p:ca'], 'd@v1': ['card data seal']}
+        >>> is_unreconciled(batch_paths("/nonexistent/batches/demo/00ab12cd34ef5678"))
+        False
     """
-    roles: dict[str, set[str]] = defaultdict(set)
-    for product, info in manifest.get("products", {}).items():
-        for role, ref in info.get("keys", {}).items():
-            roles[ref].add(f"{product}:{role}")
-        ca = info.get("ca", {}).get("key")
-        if ca:
-            roles[ca].add(f"{product}:ca")
-    if manifest.get("data_key"):
-        roles[manifest["data_key"]].add("card data seal")
-    mac_key = manifest.get("mac", {}).get("key")
-    if mac_key:
-        roles[mac_key].add("manifest mac")
-    return {ref: sorted(r) for ref, r in roles.items()}
+    return paths.manifest.exists() and paths.staging.exists()
 
 
 def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
@@ -105,61 +106,37 @@ def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
 def reconcile(
     published: dict[str, Any], settings: Settings, *, store: KeyStore | None = None
 ) -> dict[str, Any]:
-    """Re-count, audit and report a published batch; return the XCom-safe summary."""
+    """Re-count and audit a published batch, clean its staging; return the XCom-safe summary.
+
+    Idempotent: on a batch already reconciled it audits nothing new (the
+    existing ``batch.published`` event of this manifest is reused).
+    """
     started = time.monotonic()
     bs = batch_settings(settings)
     paths = batch_paths(published["batch_dir"])
     manifest = load_manifest(paths.manifest)
+    manifest_sha256 = sha256_file(paths.manifest)
     with opened_store(settings, store) as ks:
-        mac_key = verify_manifest_mac(manifest, ks, str(paths.manifest))
+        verify_manifest_mac(manifest, ks, str(paths.manifest))
         _recount(paths.base, manifest)
         counts = manifest["counts"]
-        keys = [dict(k) for k in manifest["keys"]]
-        seq = audit_batch(
-            ks, bs.actor, "batch.published", paths.batch_id,
-            issuer=manifest["issuer"], input_name=manifest["input"]["name"],
-            input_sha256=manifest["input"]["sha256"],
-            manifest_sha256=sha256_file(paths.manifest),
-            records=counts["in"], prepared=counts["prepared"], rejected=counts["rejected"],
-            per_product=counts["per_product"], per_reason=counts["per_reason"],
-            keys={k["ref"]: k["kcv"] for k in keys},
-        )  # fmt: skip
-    roles = key_roles(manifest)
-    for k in keys:
-        k["roles"] = roles.get(k["ref"], [])
-    timings = dict(published.get("timings", {}))
-    prepare_s = float(timings.get("prepare_seconds", 0) or 0)
-    workers = int(timings.get("workers", 0) or 0)
-    if prepare_s > 0:
-        timings["cards_per_second"] = round(counts["prepared"] / prepare_s, 1)
-        if workers:
-            timings["cards_per_second_per_worker"] = round(
-                counts["prepared"] / prepare_s / workers, 1
-            )
-    timings["reconcile_seconds"] = round(time.monotonic() - started, 3)
-    report = {
-        "batch_id": paths.batch_id,
-        "issuer": manifest["issuer"],
-        "created_at": manifest["created_at"],
-        "input": manifest["input"],
-        "counts": {k: counts[k] for k in ("in", "prepared", "rejected")},
-        "per_product": counts["per_product"],
-        "reasons": reason_rows(counts["per_reason"]),
-        "timings": timings,
-        "keys": keys,
-        "products": {
-            p: {"version": v["version"], "scheme": v["scheme"], "ca": v["ca"]}
-            for p, v in manifest["products"].items()
-        },
-        "files": manifest["files"],
-        "manifest_mac": {"key": str(mac_key), "kcv": manifest["mac"]["kcv"]},
-        "audit_seq": seq,
-    }
-    with opened_store(settings, store) as ks:
-        report = seal_report(report, ks, mac_key)
-    write_report(paths.report_json, paths.report_html, report)
+        keys = {k["ref"]: k["kcv"] for k in manifest["keys"]}
+        seq = find_batch_event(ks, PUBLISHED_EVENT, paths.batch_id, manifest_sha256=manifest_sha256)
+        if seq is None:
+            seq = audit_batch(
+                ks, bs.actor, PUBLISHED_EVENT, paths.batch_id,
+                issuer=manifest["issuer"], input_name=manifest["input"]["name"],
+                input_sha256=manifest["input"]["sha256"], manifest_sha256=manifest_sha256,
+                records=counts["in"], prepared=counts["prepared"], rejected=counts["rejected"],
+                per_product=counts["per_product"], per_reason=counts["per_reason"], keys=keys,
+            )  # fmt: skip
+        else:
+            log.info("batch %s: %s already audited (event %d)", paths.batch_id,
+                     PUBLISHED_EVENT, seq)  # fmt: skip
     if paths.staging.exists():
         shutil.rmtree(paths.staging)
+    timings = dict(published.get("timings") or _report_timings(paths.report_json))
+    timings["reconcile_seconds"] = round(time.monotonic() - started, 3)
     log.info(
         "batch %s reconciled: %d in = %d prepared + %d rejected; audit event %d; report %s",
         paths.batch_id, counts["in"], counts["prepared"], counts["rejected"], seq,
@@ -172,10 +149,20 @@ def reconcile(
         "report_json": str(paths.report_json),
         "report_html": str(paths.report_html),
         "bureau_file": str(paths.bureau_file),
-        "counts": report["counts"],
+        "counts": {k: counts[k] for k in ("in", "prepared", "rejected")},
         "per_product": counts["per_product"],
         "per_reason": counts["per_reason"],
         "timings": timings,
-        "keys": {k["ref"]: k["kcv"] for k in keys},
+        "keys": keys,
         "audit_seq": seq,
     }
+
+
+def _report_timings(path: Path) -> dict[str, Any]:
+    """The timings the report recorded (a resumed reconcile has no publish result in memory)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    timings = report.get("timings") if isinstance(report, dict) else None
+    return dict(timings) if isinstance(timings, dict) else {}

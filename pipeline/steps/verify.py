@@ -4,7 +4,9 @@ Issue 5 "Output": for a holder of the keys, from the files alone:
 
 1. **manifest**: its MAC under the key it names (and that key's KCV);
 2. **keys**: every key the manifest lists has that KCV in the key store;
-3. **files**: every listed file exists with the recorded size and SHA-256;
+3. **files**: every listed file exists with the recorded size and SHA-256,
+   the two reports among them; report.json's own MAC verifies and
+   report.html renders from it;
 4. **counts**: part rows = bureau records = prepared; rejects rows = rejected;
    in = prepared + rejected, per product and per reason;
 5. **every card**: the sealed card data opens under the data key and is bound
@@ -51,11 +53,11 @@ from pipeline.crypto.emv_certs import verify_icc_certificate, verify_issuer_cert
 from pipeline.crypto.pboc_certs import verify_pboc_icc_certificate, verify_pboc_issuer_certificate
 from pipeline.crypto.tlv import decode_tlv
 from pipeline.errors import CardprepError, VerificationError
-from pipeline.io.manifest import load_manifest, verify_manifest_mac
+from pipeline.io.manifest import LEGACY_MANIFEST_FORMAT, load_manifest, verify_manifest_mac
 from pipeline.io.parts import iter_part_batches
 from pipeline.io.paths import sha256_file
 from pipeline.io.perso import BureauCard, open_card, read_bureau_file
-from pipeline.io.report import render_html, verify_report_mac
+from pipeline.io.report import REPORT_KINDS, render_html, verify_report_mac
 from pipeline.keys.model import KeyRef
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -317,10 +319,24 @@ def _check_files(base: Path, manifest: dict[str, Any], run: _Run) -> set[str]:
     return bad
 
 
-def _check_report(ks: KeyStore, base: Path, run: _Run) -> None:
-    """report.json carries a MAC (written after the manifest); report.html must render from it."""
+def _check_report(  # noqa: PLR0917 (internal)
+    ks: KeyStore, base: Path, manifest: dict[str, Any], run: _Run, where: str, bad: set[str]
+) -> None:
+    """Both reports listed in the manifest (format 2); report.json's MAC; report.html from it.
+
+    Their presence, size and SHA-256 are :func:`_check_files`' (a listed file);
+    a format-1 manifest (reports written after it) has them optional.
+    """
     json_path, html_path = base / "report.json", base / "report.html"
-    if not json_path.exists():
+    listed = {f["kind"]: f["path"] for f in manifest.get("files", []) if f["kind"] in REPORT_KINDS}
+    if manifest.get("format") != LEGACY_MANIFEST_FORMAT:
+        expected = {REPORT_KINDS[0]: json_path.name, REPORT_KINDS[1]: html_path.name}
+        if listed != expected:
+            run.fail(where, "report", f"the manifest lists reports {listed}, expected {expected}")
+            return
+        if bad & set(listed.values()):
+            return  # missing or not the published bytes: already a failure, not read
+    elif not json_path.exists():
         return
     try:
         report = json.loads(json_path.read_text(encoding="utf-8"))
@@ -411,7 +427,7 @@ def verify_batch(
         _check_keys(ks, manifest, run, where)
         bad = _check_files(base, manifest, run)
         _check_counts(base, manifest, run, where, bad)
-        _check_report(ks, base, run)
+        _check_report(ks, base, manifest, run, where, bad)
         if cards:
             checked = _check_cards(ks, paths, manifest, bs.config_dir, run, rederive, bad)
     elapsed = round(time.monotonic() - started, 3)

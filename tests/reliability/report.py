@@ -53,8 +53,10 @@ CATEGORIES = (
              "`cardprep run` is SIGKILLed at 21 random points (3 files x 7 kills, delays over "
              "the measured run time), then re-run: the published batch verifies, records in = "
              "prepared + rejected, no input line or ICC key twice, the manifest lists exactly "
-             "the parts on disk, a batch with a manifest is always complete, the audit trail "
-             "verifies."),
+             "the parts on disk, a batch with a manifest is always complete (its reports "
+             "listed and hashed), batch.published is audited exactly once, the audit trail "
+             "verifies; plus deterministic replays of a kill just before and just after the "
+             "manifest."),
     Category("Concurrency", "test_concurrency.py",
              "The same file started twice at once is prepared once; the other run refuses with "
              "a clear `cardprep: error:` naming the batch (lock held / already published), or "
@@ -72,7 +74,8 @@ CATEGORIES = (
              "single custodian cannot complete a ceremony; a component KCV mismatch stores "
              "nothing."),
     Category("Tampering", "test_tampering.py",
-             "An edited output byte (parts, bureau file, rejects), manifest field, audit line "
+             "An edited output byte (parts, bureau file, rejects, reports), manifest field, "
+             "audit line "
              "(edit, delete, swap, truncate, duplicate, forge, head removed) or key-store row "
              "is detected by `cardprep verify` / `cardprep audit verify`."),
 )

@@ -7,7 +7,9 @@
   complete; the re-run resumes the finished shards and publishes every card
   exactly once;
 * an edited part byte, manifest field or bureau record, and an insider who
-  swaps two cards and re-seals the manifest, are all caught by ``verify``.
+  swaps two cards and re-seals the manifest, are all caught by ``verify``;
+* the reports are written before the manifest, which lists them (a re-sealed
+  manifest without them is caught); reconcile run again audits nothing new.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pipeline.io.parts import PART_SCHEMA
 from pipeline.io.paths import sha256_file
 from pipeline.keys.model import KeyRef
 from pipeline.steps.batch import run_batch
+from pipeline.steps.reconcile import reconcile
 from pipeline.steps.verify import verify_batch
 from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
     BATCH_DATE,
@@ -199,3 +202,60 @@ def test_an_edited_report_is_detected(env: BatchEnv, copy: Path, name: str) -> N
                     if name.endswith(".json") else path.read_text().replace("<td", "<td x", 1))
     with pytest.raises(VerificationError, match=r"report"):
         verify_batch(copy, env.settings, store=env.store, cards=False)
+
+
+def test_the_reports_are_written_before_the_manifest_which_hashes_them(
+    published: Published,
+) -> None:
+    """docs/OUTPUT.md write order: reports, then the manifest (commit marker) listing them."""
+    base = published.batch_dir
+    manifest = json.loads((base / "manifest.json").read_text())
+    listed = {f["kind"]: f for f in manifest["files"]}
+    for kind, name in (("report-json", "report.json"), ("report-html", "report.html")):
+        entry = listed[kind]
+        assert entry["path"] == name and entry["sha256"] == sha256_file(base / name)
+        assert (base / name).stat().st_mtime_ns <= (base / "manifest.json").stat().st_mtime_ns
+    report = json.loads((base / "report.json").read_text())
+    assert [f["path"] for f in report["files"]] == [
+        f["path"] for f in manifest["files"] if not f["kind"].startswith("report")
+    ]
+    assert manifest["format"] == "cardprep-manifest/2"
+
+
+def test_a_resealed_manifest_without_its_reports_is_caught(env: BatchEnv, copy: Path) -> None:
+    """An insider with the MAC key drops the report entries: format 2 requires them."""
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"] = [f for f in manifest["files"] if not f["kind"].startswith("report")]
+    write_manifest(path, seal_manifest(manifest, env.store, KeyRef.parse(manifest["mac"]["key"])))
+    with pytest.raises(VerificationError) as exc:
+        verify_batch(copy, env.settings, store=env.store, cards=False)
+    assert any("[report]" in f and "lists reports {}" in f for f in _failures(exc))
+
+
+def test_a_format_1_manifest_with_reports_beside_it_still_verifies(
+    env: BatchEnv, copy: Path
+) -> None:
+    """Batches published before the reports were listed: reports optional, MAC-checked."""
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["format"] = "cardprep-manifest/1"
+    manifest["files"] = [f for f in manifest["files"] if not f["kind"].startswith("report")]
+    write_manifest(path, seal_manifest(manifest, env.store, KeyRef.parse(manifest["mac"]["key"])))
+    assert verify_batch(copy, env.settings, store=env.store, cards=False)["ok"]
+    (copy / "report.html").write_text("<html></html>\n")
+    with pytest.raises(VerificationError, match=r"report.html \[report\]"):
+        verify_batch(copy, env.settings, store=env.store, cards=False)
+
+
+def test_reconcile_again_audits_nothing_new(
+    env: BatchEnv, published: Published, copy: Path
+) -> None:
+    """Reconcile is idempotent: the batch.published event of this manifest is reused."""
+    def events() -> int:
+        return sum(1 for e in env.store.audit_trail.events() if e.action == "batch.published")
+
+    before = events()
+    again = reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
+    assert again["audit_seq"] == published.summary["audit_seq"] and events() == before
+    assert again["counts"] == published.summary["counts"]
