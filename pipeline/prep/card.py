@@ -16,8 +16,10 @@ the key store only.  For every card (issue 5, "Per card"; DOMAIN.md 1):
 3. sensitive input fields translated KEK -> TK inside the store: the PIN
    block -> ``8010`` (+ ``9010`` try limit and counter), others -> the
    profile's ``secret_dgis``;
-4. the ICC key pair (``store.generate_icc_key_pair``), private part already
-   under the TK -> ``8201``..``8205`` (RSA CRT) or the profile's SM2 DGI;
+4. the ICC key pair (``store.generate_icc_key_pair``, or for
+   ``icc_key.source: pool`` the preparer's ``icc_source``, e.g. a
+   :class:`pipeline.keys.pool.PoolIccSource`), private part already under the
+   TK -> ``8201``..``8205`` (RSA CRT) or the profile's SM2 DGI;
 5. the records from the profile's templates (tag-70, EMV Book 3), the static
    data to be authenticated (Book 3 10.3), the ICC certificate signed by the
    issuer key inside the store, then the certificate records;
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.audit.masking import mask_pan
@@ -51,6 +53,7 @@ from pipeline.errors import (
 )
 from pipeline.keys.model import (
     DerivationMethod,
+    IccKeyPair,
     KeyAlgorithm,
     KeyRecord,
     KeyRef,
@@ -82,11 +85,16 @@ from pipeline.records.validate import CardRecord, Reject
 __all__ = [
     "MAX_RECORD_LENGTH",
     "CardPreparer",
+    "IccSource",
     "IssuerPki",
     "PreparedCard",
     "PreparerKeys",
     "record_template",
 ]
+
+#: Where ICC key pairs come from: ``(algorithm, bits, exponent, tk) -> IccKeyPair`` with the
+#: private part under ``tk`` -- the signature of ``KeyStore.generate_icc_key_pair``.
+IccSource = Callable[[str, int | None, int | None, KeyRef], IccKeyPair]
 
 MAX_RECORD_LENGTH = 254  # one-byte DGI length (CPS 4.2) and one READ RECORD response
 KCV_LENGTH = 3
@@ -280,6 +288,8 @@ class CardPreparer:
         keyrefs: PreparerKeys,
         issuer_pki: IssuerPki | None = None,
         secret_checks: Mapping[str, TranslateCheck] | None = None,
+        *,
+        icc_source: IccSource | None = None,
     ) -> None:
         self.profile = profile
         # What the store checks in the clear while translating each secret
@@ -299,10 +309,14 @@ class CardPreparer:
             raise ConfigError("keyrefs.key_sets", "one IMK triple per profile key set is required")
         if profile.kmc is not None and keyrefs.kmc is None:
             raise ConfigError("keyrefs.kmc", f"profile {profile.id} needs a KMC")
+        self._icc_source: IccSource = store.generate_icc_key_pair
         if profile.icc_key.source is IccKeySource.POOL:
-            raise ConfigError(
-                f"{profile.source}: icc_key.source", "pool: no ICC key pool in this build"
-            )
+            if icc_source is None:
+                raise ConfigError(
+                    f"{profile.source}: icc_key.source",
+                    "pool: this preparer was given no ICC key source (icc_source)",
+                )
+            self._icc_source = icc_source
         self._check_pki()
         self._signer = (
             StoreRsaSigner(store, self.pki.key, self.pki.public_key)
@@ -394,7 +408,7 @@ class CardPreparer:
                 kcvs[f"{spec.name}.{role}"] = w.kcv[:KCV_LENGTH].hex().upper()
         secret_dgis += self._kmc_dgis(record, kcvs)
         secret_dgis += self._sensitive_dgis(record)
-        pair = store.generate_icc_key_pair(
+        pair = self._icc_source(
             profile.icc_key.algorithm.value, profile.icc_key.bits, profile.icc_key.exponent, keys.tk
         )
         private_dgis = [

@@ -1,9 +1,8 @@
 """Scenario: cards of a pool product prepared with keys from the ICC key pool.
 
-The demo RSA product; the pool is filled under the store's pool key and the
-cards take their keys through ``PoolIccSource``.  Until ``CardPreparer`` takes
-an ``icc_source`` (proposed change to pipeline/prep/card.py), the source is
-plugged in as the store's ``generate_icc_key_pair`` -- the same signature.
+The demo RSA product with ``icc_key.source: pool``; the pool is filled under
+the store's pool key, the cards take their keys through ``PoolIccSource``
+given to ``CardPreparer`` as its ``icc_source``.
 Checked independently: the CRT DGIs 8201..8205 decrypt under the clear TEST
 TK (config/demo/keys.yaml, with ``cryptography``) to p, q whose product is the
 modulus the ICC certificate certifies (recovered with plain ``pow`` under the
@@ -14,23 +13,23 @@ shard with KeyPoolEmptyError when the policy says fail.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from pipeline.errors import KeyPoolEmptyError
+from pipeline.errors import ConfigError, KeyPoolEmptyError
 from pipeline.keys.demo import init_demo_store
 from pipeline.keys.pool import ClaimTag, DryPolicy, KeyPool, PoolIccSource, PoolSpec, fill
 from pipeline.keys.soft import SoftKeyStore
 from pipeline.prep import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles import load_product
-from pipeline.profiles.model import ProductProfile
+from pipeline.profiles.model import IccKeySource, ProductProfile
 from pipeline.records.validate import CardRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,22 +51,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftKeyStore]:
 
 @pytest.fixture(scope="module")
 def profile() -> ProductProfile:
-    return load_product("demo-visa-rsa", CONFIG)
+    base = load_product("demo-visa-rsa", CONFIG)
+    return dataclasses.replace(
+        base, icc_key=dataclasses.replace(base.icc_key, source=IccKeySource.POOL)
+    )
 
 
-class _PoolStore:
-    """The demo store, with ICC key pairs taken from ``source`` instead of generated."""
-
-    def __init__(self, store: SoftKeyStore, source: PoolIccSource) -> None:
-        self._store, self.generate_icc_key_pair = store, source
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-
-def _preparer(store: SoftKeyStore, profile: ProductProfile, source: PoolIccSource) -> Any:
+def _preparer(
+    store: SoftKeyStore, profile: ProductProfile, source: PoolIccSource | None
+) -> CardPreparer:
     keys = PreparerKeys.resolve(store, profile, kek="demo-kek", pan_token="demo-pan-token")
-    return CardPreparer(profile, _PoolStore(store, source), keys)  # type: ignore[arg-type]
+    return CardPreparer(profile, store, keys, icc_source=source)
 
 
 def _card(pan: str, line: int) -> CardRecord:
@@ -139,3 +133,19 @@ def test_dry_pool_generates_inline_by_default(
         source = PoolIccSource(pool, store, ClaimTag("b", "0"))
         card = _preparer(store, profile, source).prepare(_card(PANS[0], 2))
         assert isinstance(card, PreparedCard) and source.stats()["inline"] == 1
+
+
+def test_pool_profile_without_a_source_is_refused(
+    store: SoftKeyStore, profile: ProductProfile
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        _preparer(store, profile, None)
+    assert err.value.field.endswith("icc_key.source")
+
+
+def test_inline_profile_ignores_a_pool_source(store: SoftKeyStore, tmp_path: Path) -> None:
+    with KeyPool(tmp_path / "keypool.db") as pool:
+        source = PoolIccSource(pool, store, ClaimTag("b", "0"), on_empty=DryPolicy.FAIL)
+        inline = load_product("demo-visa-rsa", CONFIG)
+        card = _preparer(store, inline, source).prepare(_card(PANS[0], 2))
+        assert isinstance(card, PreparedCard) and source.stats()["claimed"] == 0
