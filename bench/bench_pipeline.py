@@ -28,11 +28,10 @@ For each variant a fresh child process (so peak memory is the variant's own):
 The machine is shared: each figure is the best of ``--rounds`` runs, and the
 bound is measured in the same child, so load hits both sides alike.
 
-Pool wiring: ``CardPreparer(icc_source=...)`` takes pool keys; until
-``pipeline.steps.prepare`` passes a pool source to its workers, this bench
-applies that change itself (:func:`wire_pool`: ``begin_shard`` before a shard,
-``shard_icc_source`` in each worker, ``settle_shard`` after the part is
-written) -- exactly the change proposed for prepare.py.
+Pool wiring: ``prepare_shard`` takes pool keys for ``icc_key.source: pool``
+products (``begin_shard``, ``shard_icc_source`` per worker, ``settle_shard``).
+On a checkout whose prepare.py predates that, :func:`wire_pool` applies the
+same change from here (it is a no-op otherwise).
 """
 
 from __future__ import annotations
@@ -154,6 +153,9 @@ def wire_pool() -> None:
         settle_shard,
         shard_icc_source,
     )
+
+    if "shard" in getattr(prepare.WorkerSpec, "__dataclass_fields__", {}):
+        return  # prepare_shard claims and settles pool keys itself (issue 7 integration)
 
     def worker_init(self: Any, spec: Any, store: Any = None) -> None:
         self.spec, self.own_store = spec, store is None

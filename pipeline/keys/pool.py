@@ -112,7 +112,7 @@ __all__ = [
     "storage_key",
 ]
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 16  # first claim; later claims double up to MAX_CHUNK
 MAX_CHUNK = 512  # claims double from DEFAULT_CHUNK up to this (fewer commits)
 MAC_PURPOSE = "keypool-entry"
 POOL_KEY_OWNER = "bureau:keypool"

@@ -17,6 +17,12 @@ a complete part with the same plan and returns its recorded result (resume);
 anything else is prepared again and overwritten, so a card is never written
 twice.  Two runs never prepare the same shard at once (shard lock).
 
+ICC key pools (issue 7): for ``icc_key.source: pool`` products each worker
+takes its keys from the pool (:func:`pipeline.steps.keypool.shard_icc_source`);
+the shard first burns what a crashed run of it claimed, and after the part is
+committed its cards' keys become ``used`` and every other claim is burned
+(``result["pool"]``).
+
 ``workers=1`` prepares in the calling process (no pool).
 
 Example:
@@ -48,13 +54,16 @@ from pipeline.io.rejects import reject_row, write_reject_table
 from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
 from pipeline.keys import open_store
 from pipeline.keys.model import KeyRef, TranslateCheck
+from pipeline.keys.pool import PoolIccSource
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles.loader import load_product
+from pipeline.profiles.model import IccKeySource
 from pipeline.records.issuers import load_issuer
 from pipeline.records.layout import Layout, SecretPadding, load_layout
 from pipeline.steps.context import batch_paths, batch_settings, default_workers, opened_store
+from pipeline.steps.keypool import begin_shard, dry_policy, settle_shard, shard_icc_source
 
 __all__ = ["ShardWorker", "WorkerSpec", "prepare_shard", "resolve_keys"]
 
@@ -81,6 +90,8 @@ class WorkerSpec:
     products: tuple[str, ...]
     #: (secret field, TranslateCheck value) from the issuer layout's ``padding``.
     secret_checks: tuple[tuple[str, str], ...] = ()
+    #: the shard index: ICC key pool claims are recorded per (batch, shard).
+    shard: int = 0
 
 
 def secret_checks_for(layout: Layout) -> tuple[tuple[str, str], ...]:
@@ -112,11 +123,21 @@ class ShardWorker:
             store = spec.handle.open() if spec.handle is not None else open_store(spec.settings)
         self.store: KeyStore = store
         self.preparers: dict[str, CardPreparer] = {}
+        self.icc_sources: list[PoolIccSource] = []
         for product in spec.products:
             profile = load_product(product, spec.config_dir)
             keys = PreparerKeys.resolve(store, profile, kek=spec.kek, pan_token=spec.pan_token)
             checks = {name: TranslateCheck(value) for name, value in spec.secret_checks}
-            self.preparers[product] = CardPreparer(profile, store, keys, secret_checks=checks)
+            source = None
+            if profile.icc_key.source is IccKeySource.POOL:  # issue 7: ICC key pool
+                source = shard_icc_source(
+                    spec.settings, store, spec.batch_id, spec.shard,
+                    on_empty=dry_policy(profile.icc_key),
+                )  # fmt: skip
+                self.icc_sources.append(source)
+            self.preparers[product] = CardPreparer(
+                profile, store, keys, secret_checks=checks, icc_source=source
+            )
 
     def run(self, ipc: bytes) -> tuple[bytes, list[dict[str, Any]]]:
         """Prepare one chunk: (part rows as Arrow IPC, reject rows)."""
@@ -157,7 +178,9 @@ class ShardWorker:
         return table_to_ipc(pa.table(columns, schema=PART_SCHEMA)), rejects
 
     def close(self) -> None:
-        """Close the store if this worker opened it."""
+        """Release never-handed pool claims; close the store if this worker opened it."""
+        for source in self.icc_sources:
+            source.close()
         if self.own_store:
             self.store.close()
 
@@ -341,7 +364,10 @@ def _prepare(  # noqa: PLR0917 (internal)
         batch_id=paths.batch_id,
         products=tuple(products),
         secret_checks=secret_checks,
+        shard=index,
     )
+    begin_shard(settings, paths.batch_id, index)  # burn what a crashed run of it claimed
+    icc_hashes: list[str] = []
     chunks = _chunks(store, paths, shard, bs.chunk_size)
     inline: ShardWorker | None = None
     if n_workers == 1:
@@ -363,6 +389,7 @@ def _prepare(  # noqa: PLR0917 (internal)
                 _raise_marker(rows)
             table = table_from_ipc(rows)
             part.write_rows(table)
+            icc_hashes.extend(table.column("icc_pk_sha256").to_pylist())
             prepared_pp.update(table.column("product").to_pylist())
             for row in rejects:
                 rejected_pp[row["product"] or "(none)"] += 1
@@ -407,6 +434,9 @@ def _prepare(  # noqa: PLR0917 (internal)
         }
     if inline is not None:
         inline.close()
+    # the part is committed and every worker closed: its cards' pool keys are used,
+    # any other claim of this shard is burned (never handed out again)
+    result["pool"] = settle_shard(settings, paths.batch_id, index, icc_hashes)
     log.info(
         "batch %s shard %d: %d prepared, %d rejected %s in %.2f s on %d worker(s); keys %s",
         paths.batch_id,

@@ -131,15 +131,15 @@ def test_shard_begin_source_settle(settings_file: Path) -> None:
     try:
         tk = store.active("demo-tk-sm4")
         crashed = shard_icc_source(settings, store, "b1", 4)
-        crashed("sm2", None, None, tk)  # a run that dies here leaves 64 claimed
-        assert begin_shard(settings, "b1", 4) == {"burned": 64}
+        crashed("sm2", None, None, tk)  # a run that dies here leaves its first chunk (16) claimed
+        assert begin_shard(settings, "b1", 4) == {"burned": 16}
         source = shard_icc_source(settings, store, "b1", 4, on_empty=DryPolicy.FAIL)
         pairs = [source("sm2", None, None, tk) for _ in range(10)]
         written = [hashlib.sha256(p.public_key).hexdigest() for p in pairs[:9]]
-        assert source.close() == 26  # 36 remained free after the burn; 10 handed
+        assert source.close() == 6  # claimed 16, handed 10
         assert settle_shard(settings, "b1", 4, written) == {"used": 9, "burned": 1}
         [status] = pool_status(settings)
-        assert (status["free"], status["used"], status["burned"]) == (26, 9, 65)
+        assert (status["free"], status["used"], status["burned"]) == (74, 9, 17)
     finally:
         store.close()
 
