@@ -117,6 +117,12 @@ def setup(work: Path) -> None:
         data["sample"] = dict(issuer["sample"])
         data["sample"]["bins"] = [b for b in issuer["sample"]["bins"] if b["bin"] == spec["bin"]]
         (cfg / "issuers" / f"{spec['issuer']}.yaml").write_text(yaml.safe_dump(data))
+    marker = work / "keys.yaml.sha256"  # the TEST keys the store was built from
+    keys_sha = hashlib.sha256((CONFIG / "demo" / "keys.yaml").read_bytes()).hexdigest()
+    if not marker.exists() or marker.read_text() != keys_sha:  # new demo keys: new store + pool
+        for name in ("keys.db", "keys.db-wal", "keys.db-shm", "audit.jsonl", "keypool.db",
+                     "keypool.db-wal", "keypool.db-shm"):  # fmt: skip
+            (work / name).unlink(missing_ok=True)
     if not (work / "keys.db").exists():
         from pipeline.keys.demo import init_demo_store  # noqa: PLC0415
 
@@ -127,6 +133,7 @@ def setup(work: Path) -> None:
             audit_path=work / "audit.jsonl",
         )
         store.close()
+        marker.write_text(keys_sha)
 
 
 def ensure_pool(work: Path, needed: int) -> dict[str, Any]:
@@ -418,7 +425,10 @@ def child(args: argparse.Namespace, variant: str, cards: int, workers: int) -> d
     cmd = [sys.executable, __file__, "--work", str(args.work), "--child", variant,
            "--cards", str(cards), "--workers", str(workers), "--rounds", str(args.rounds),
            "--shard-size", str(args.shard_size), "--seconds", str(args.seconds)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        tail = [line for line in out.stderr.splitlines() if " INFO " not in line][-15:]
+        raise SystemExit(f"{variant} failed (exit {out.returncode}):\n" + "\n".join(tail))
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
