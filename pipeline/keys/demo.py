@@ -153,7 +153,9 @@ def init_demo_store(
 
 
 def _add_emv_pki(store: SoftKeyStore, actor: str, ca_bits: int, issuer_bits: int) -> None:
-    pki = generate_demo_pki(ca_bits=ca_bits, issuer_bits=issuer_bits, expiry=DEMO_EXPIRY)
+    pki = generate_demo_pki(
+        ca_bits=ca_bits, issuer_bits=issuer_bits, issuer_identifier="47617", expiry=DEMO_EXPIRY
+    )
     store.import_test_key(
         "demo-ca", KeyAlgorithm.RSA, KeyUsage.S0, KeyRole.CA_SIGNING, "bureau:demo-ca",
         private_key_to_der(pki.ca_key), actor=actor, mode_of_use="S",

@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from pipeline.audit.masking import mask_pan
 from pipeline.crypto.emv_certs import verify_icc_certificate, verify_issuer_certificate
 from pipeline.crypto.pboc_certs import verify_pboc_icc_certificate, verify_pboc_issuer_certificate
+from pipeline.crypto.sm2 import Sm2Verifier
 from pipeline.crypto.tlv import decode_tlv
 from pipeline.errors import CardprepError, VerificationError
 from pipeline.io.manifest import LEGACY_MANIFEST_FORMAT, load_manifest, verify_manifest_mac
@@ -131,7 +132,10 @@ class _Product:
     ca_public: bytes
     ca_exponent: bytes
     issuer_public: bytes
-    issuer_cache: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
+    #: issuer certificate -> (certified key, exponent, issuer identifier digits)
+    issuer_cache: dict[bytes, tuple[bytes, bytes, str]] = field(default_factory=dict)
+    #: one precomputed SM2 verifier per certified issuer key (PBOC)
+    sm2_verifiers: dict[bytes, Sm2Verifier] = field(default_factory=dict)
 
     def gpo(self, dgis: dict[int, Dgi]) -> tuple[bytes, bytes]:
         """(AIP, AFL) from the product's first GPO DGI (82 || 94)."""
@@ -167,6 +171,14 @@ def _load_product(  # noqa: PLR0917 (internal)
     )  # fmt: skip
 
 
+def _check_issuer_identifier(identifier: str, pan: str) -> None:
+    """EMV Book 2 5.3 step 8 (and its PBOC twin): the issuer identifier is the PAN's prefix."""
+    if not pan.startswith(identifier):
+        raise VerificationError(
+            "90", f"issuer identifier {identifier} does not match PAN {mask_pan(pan)}"
+        )
+
+
 def _check_chain(p: _Product, tags: dict[bytes, bytes], static: bytes, pan: str) -> bytes:
     """Verify CA -> issuer -> ICC; return the certified ICC public key."""
     index = tags.get(b"\x8f", b"").hex().upper()
@@ -182,10 +194,13 @@ def _check_chain(p: _Product, tags: dict[bytes, bytes], static: bytes, pan: str)
             issuer = verify_issuer_certificate(
                 cert, p.ca_public, p.ca_exponent, remainder, exponent
             )
-            p.issuer_cache[cache_key] = (issuer.modulus, issuer.exponent)
-        modulus, issuer_exp = p.issuer_cache[cache_key]
+            p.issuer_cache[cache_key] = (
+                issuer.modulus, issuer.exponent, issuer.issuer_identifier_digits
+            )  # fmt: skip
+        modulus, issuer_exp, identifier = p.issuer_cache[cache_key]
         if modulus != p.issuer_public:
             raise VerificationError("90", "certifies a key other than the manifest's issuer key")
+        _check_issuer_identifier(identifier, pan)
         icc = verify_icc_certificate(
             tags.get(b"\x9f\x46", b""), modulus, issuer_exp, tags.get(b"\x9f\x48", b""),
             tags.get(b"\x9f\x47", b""), static, pan=pan,
@@ -193,11 +208,15 @@ def _check_chain(p: _Product, tags: dict[bytes, bytes], static: bytes, pan: str)
         return icc.modulus
     if cert not in p.issuer_cache:
         issuer_sm2 = verify_pboc_issuer_certificate(cert, p.ca_public)
-        p.issuer_cache[cert] = (issuer_sm2.public_key, b"")
-    issuer_pub = p.issuer_cache[cert][0]
+        p.issuer_cache[cert] = (issuer_sm2.public_key, b"", issuer_sm2.issuer_identifier)
+    issuer_pub, _, identifier = p.issuer_cache[cert]
     if issuer_pub != p.issuer_public:
         raise VerificationError("90", "certifies a key other than the manifest's issuer key")
-    icc_sm2 = verify_pboc_icc_certificate(tags.get(b"\x9f\x46", b""), issuer_pub, static)
+    _check_issuer_identifier(identifier, pan)
+    verifier = p.sm2_verifiers.get(issuer_pub)
+    if verifier is None:
+        verifier = p.sm2_verifiers[issuer_pub] = Sm2Verifier(issuer_pub, precompute=True)
+    icc_sm2 = verify_pboc_icc_certificate(tags.get(b"\x9f\x46", b""), verifier, static)
     if icc_sm2.pan != pan:
         raise VerificationError(
             "9F46", f"certifies PAN {mask_pan(icc_sm2.pan)}, card has {mask_pan(pan)}"

@@ -63,7 +63,7 @@ CASES: list[tuple[str, dict[str, str], str]] = [
     ("R031", {"name": "   "}, "name"),
     ("R040", {"pan": "5555555555554444"}, "pan"),
     ("R060", {"kdd": "001122334455667788"}, "kdd"),
-    ("R060", {"discretionary": "1234567890123", "pan": "4999990000000000001"}, "discretionary"),
+    ("R060", {"discretionary": "1234567890123", "pan": "4761740000000000008"}, "discretionary"),
     ("R060", {"customer_ref": "C" * 21}, "customer_ref"),
     ("R061", {"cvv": ""}, "cvv"),
     ("R061", {"name": ""}, "name"),
