@@ -411,8 +411,8 @@ def record_cases(base: Base) -> Iterator[Case]:
              _with_pan(_bin_pan("555555")))
     yield rc(base, "unknown-bin-371449", "R040", "15-digit Amex-style PAN, BIN not configured",
              _with_pan(_bin_pan("371449", 15)))
-    yield rc(base, "unknown-bin-near-miss", "R040", "BIN 476174 (one off a configured BIN)",
-             _with_pan(_bin_pan("476174")))
+    yield rc(base, "unknown-bin-near-miss", "R040", "BIN 476175 (one off a configured BIN)",
+             _with_pan(_bin_pan("476175")))
     c = rc(base, "unknown-product", "R041", "BIN 411111 mapped to a product without a profile",
            _with_pan(_bin_pan("411111")))
     c.extra_bins = {"411111": "demo-no-such-product"}
@@ -475,7 +475,7 @@ def record_cases(base: Base) -> Iterator[Case]:
              _set(discretionary="12345ABC"))
     yield rc(base, "discretionary-track2-overflow", "R060",
              "discretionary data too long for track 2 with this PAN",
-             lambda b, v: v.update(pan=_bin_pan("499999", 19)(v["pan"]),
+             lambda b, v: v.update(pan=_bin_pan("476174", 19)(v["pan"]),
                                    discretionary="1234567890123"))
     if not fixed:
         yield rc(base, "customer-ref-21", "R060", "customer_ref of 21 characters",

@@ -63,7 +63,8 @@ def _needles(input_file: Path) -> dict[str, bytes]:
     needles["hmk-passphrase"] = PASSPHRASE.read_text().strip().encode()
     issuer = load_issuer("demo", CONFIG)
     layout = load_layout(issuer.layout, CONFIG)
-    kek = next(k for k in _demo_keys() if k.hex().upper() == "0123456789ABCDEFFEDCBA9876543210")
+    data = yaml.load((CONFIG / "demo" / "keys.yaml").read_text(), Loader=yaml.BaseLoader)
+    kek = next(bytes.fromhex(k["value"]) for k in data["keys"] if k["label"] == issuer.kek)
     for raw in iter_records(input_file, layout):
         f = raw.fields
         pan = f.get("pan", "")

@@ -31,7 +31,7 @@ from pipeline.records.validate import CardRecord, Reject, Validator
 from tests.conftest import load_vectors
 from tests.unit.records.test_luhn import naive_luhn_valid
 
-KEK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")  # demo-kek, config/demo/keys.yaml
+KEK = bytes.fromhex("0123456789ABCDEF1032547698BADCFE")  # demo-kek, config/demo/keys.yaml
 BATCH = date(2025, 3, 10)
 ISSUERS = ["demo", "demo-csv", "demo-json"]
 
