@@ -95,7 +95,7 @@ from pipeline.keys.model import (
     check_label,
 )
 from pipeline.keys.settings import Settings
-from pipeline.keys.store import CAPABILITIES
+from pipeline.keys.store import CAPABILITIES, StoreAuditSealer
 from pipeline.keys.usage import (
     MODE_DIRECTIONS,
     Direction,
@@ -477,7 +477,7 @@ class Pkcs11KeyStore:
                     "key_store.pkcs11.pin_file", f"cannot read {pin_file}: {exc.strerror}"
                 ) from None
         store = cls(conf["module"], conf["token_label"], pin, audit=_no_trail_yet)
-        trail = AuditTrail(settings.key_store.audit_path, _TokenSealer(store, audit_key_label))
+        trail = AuditTrail(settings.key_store.audit_path, StoreAuditSealer(store, audit_key_label))
         store._audit = trail.append
         return store
 
@@ -1566,29 +1566,6 @@ class Pkcs11KeyStore:
 
 def _no_trail_yet(*_: object, **__: object) -> None:
     raise AuditError("audit", "no audit trail attached")
-
-
-class _TokenSealer:
-    """Audit-trail MACs computed in the token (``store.mac(ref, data, "audit")``)."""
-
-    def __init__(self, store: Pkcs11KeyStore, label: str) -> None:
-        self._store = store
-        self._label = label
-
-    def key_id(self) -> str:
-        try:
-            return str(self._store.active(self._label))
-        except KeyStoreError as exc:
-            raise AuditError("audit key", f"no usable audit key: {exc}") from None
-
-    def seal(self, key_id: str, data: bytes) -> bytes:
-        try:
-            return self._store.mac(KeyRef.parse(key_id), data, "audit")
-        except KeyStoreError as exc:
-            raise AuditError("audit key", f"cannot MAC under {key_id}: {exc}") from None
-
-    def check(self, key_id: str, data: bytes, mac: bytes) -> bool:
-        return self._store.verify_mac(KeyRef.parse(key_id), data, mac, "audit")
 
 
 _MECH_NAME = {

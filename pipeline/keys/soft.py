@@ -126,7 +126,7 @@ from pipeline.keys.rowmac import (
     row_mac_key,
 )
 from pipeline.keys.settings import Settings
-from pipeline.keys.store import CAPABILITIES
+from pipeline.keys.store import CAPABILITIES, StoreAuditSealer
 from pipeline.keys.usage import (
     MODE_DIRECTIONS,
     Operation,
@@ -303,29 +303,6 @@ class SoftStoreHandle:
         )
 
 
-class _StoreSealer:
-    """Audit-trail MACs under the store's audit key (``store.mac(ref, data, "audit")``)."""
-
-    def __init__(self, store: SoftKeyStore, label: str) -> None:
-        self._store = store
-        self._label = label
-
-    def key_id(self) -> str:
-        try:
-            return str(self._store.active(self._label))
-        except KeyStoreError as exc:
-            raise AuditError("audit key", f"no usable audit key: {exc}") from None
-
-    def seal(self, key_id: str, data: bytes) -> bytes:
-        try:
-            return self._store.mac(KeyRef.parse(key_id), data, "audit")
-        except CardprepError as exc:
-            raise AuditError("audit key", f"cannot MAC under {key_id}: {exc}") from None
-
-    def check(self, key_id: str, data: bytes, mac: bytes) -> bool:
-        return self._store.verify_mac(KeyRef.parse(key_id), data, mac, "audit")
-
-
 class SoftKeyStore:
     """SQLite key store implementing :class:`pipeline.keys.store.KeyStore`.
 
@@ -374,7 +351,8 @@ class SoftKeyStore:
             Path(audit_path) if audit_path else self.path.with_name(self.path.name + ".audit.jsonl")
         )
         self._audit_label = audit_key_label
-        self._trail = AuditTrail(self.audit_path, _StoreSealer(self, audit_key_label), clock=clock)
+        sealer = StoreAuditSealer(self, audit_key_label)
+        self._trail = AuditTrail(self.audit_path, sealer, clock=clock)
         try:
             self._ensure_row_macs()
         except BaseException:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from pipeline.errors import AuditError, CardprepError, KeyStoreError
 from pipeline.keys.model import (
     DerivationMethod,
     Exportability,
@@ -49,7 +50,7 @@ from pipeline.keys.model import (
     WrappedKey,
 )
 
-__all__ = ["CAPABILITIES", "KeyStore"]
+__all__ = ["CAPABILITIES", "KeyStore", "StoreAuditSealer"]
 
 #: Capability names a backend may report from :meth:`KeyStore.capabilities`.
 CAPABILITIES: frozenset[str] = frozenset(
@@ -381,3 +382,35 @@ class KeyStore(Protocol):
     def close(self) -> None:
         """Release the backend (connections, sessions, cached keys)."""
         ...
+
+
+class StoreAuditSealer:
+    """Audit-trail MACs under a store's audit key: ``store.mac(ref, data, "audit")``.
+
+    The :class:`~pipeline.audit.trail.AuditTrail` sealer of every backend (the
+    MAC is computed wherever the backend keeps the key: in process for the
+    soft store, inside the token for PKCS#11).  A store that cannot MAC makes
+    the trail fail closed with :class:`~pipeline.errors.AuditError`.
+    """
+
+    def __init__(self, store: KeyStore, label: str) -> None:
+        self._store = store
+        self._label = label
+
+    def key_id(self) -> str:
+        """``label@vN`` of the active audit key."""
+        try:
+            return str(self._store.active(self._label))
+        except KeyStoreError as exc:
+            raise AuditError("audit key", f"no usable audit key: {exc}") from None
+
+    def seal(self, key_id: str, data: bytes) -> bytes:
+        """MAC ``data`` under the audit key ``key_id``."""
+        try:
+            return self._store.mac(KeyRef.parse(key_id), data, "audit")
+        except CardprepError as exc:
+            raise AuditError("audit key", f"cannot MAC under {key_id}: {exc}") from None
+
+    def check(self, key_id: str, data: bytes, mac: bytes) -> bool:
+        """Whether ``mac`` is the audit MAC of ``data`` under ``key_id``."""
+        return self._store.verify_mac(KeyRef.parse(key_id), data, mac, "audit")

@@ -50,9 +50,9 @@ from pipeline.keys.model import (
     KeyState,
     KeyUsage,
 )
-from pipeline.keys.pkcs11 import Pkcs11KeyStore, _TokenSealer, token_attributes
+from pipeline.keys.pkcs11 import Pkcs11KeyStore, token_attributes
 from pipeline.keys.settings import parse_settings
-from pipeline.keys.store import KeyStore
+from pipeline.keys.store import KeyStore, StoreAuditSealer
 from tests.conftest import load_vectors
 from tests.integration.conftest import AuditRecorder, Token
 
@@ -612,7 +612,7 @@ def test_from_settings_reads_pin_file_and_seals_audit_in_token(
                               "issuer:test", actor="km1")  # fmt: skip
         text = (tmp_path / "audit.jsonl").read_text()
         assert str(rec.ref) in text and softhsm_token.pin not in text
-        trail = AuditTrail(tmp_path / "audit.jsonl", _TokenSealer(opened, audit_label))
+        trail = AuditTrail(tmp_path / "audit.jsonl", StoreAuditSealer(opened, audit_label))
         assert trail.verify().ok
         # Fail closed: without a usable audit key nothing is generated.
         orphan = Pkcs11KeyStore.from_settings(settings, audit_key_label=_label("none"))
