@@ -120,9 +120,9 @@ def setup(work: Path) -> None:
     marker = work / "keys.yaml.sha256"  # the TEST keys the store was built from
     keys_sha = hashlib.sha256((CONFIG / "demo" / "keys.yaml").read_bytes()).hexdigest()
     if not marker.exists() or marker.read_text() != keys_sha:  # new demo keys: new store + pool
-        for name in ("keys.db", "keys.db-wal", "keys.db-shm", "audit.jsonl", "keypool.db",
-                     "keypool.db-wal", "keypool.db-shm"):  # fmt: skip
-            (work / name).unlink(missing_ok=True)
+        for pattern in ("keys.db*", "audit.jsonl*", "keypool.db*"):
+            for stale in work.glob(pattern):
+                stale.unlink()
     if not (work / "keys.db").exists():
         from pipeline.keys.demo import init_demo_store  # noqa: PLC0415
 
