@@ -32,6 +32,8 @@ from typing import Any
 from pipeline.errors import ConfigError
 from pipeline.keys import open_store
 from pipeline.keys.pool import (
+    DEFAULT_CHUNK,
+    MAX_CHUNK,
     ClaimTag,
     DryPolicy,
     KeyPool,
@@ -168,16 +170,23 @@ def shard_icc_source(
     *,
     on_empty: DryPolicy = DryPolicy.INLINE,
     pool_db: Path | None = None,
+    max_claim: int = MAX_CHUNK,
 ) -> PoolIccSource:
     """A worker's ICC source for one shard (one per worker process, after ``begin_shard``).
 
     The never-handed claims are released when the process exits normally
     (``multiprocessing.util.Finalize``, which runs at a pool worker's clean
     exit) or on ``source.close()``; after a crash they are burned by
-    ``settle_shard`` / ``begin_shard``.
+    ``settle_shard`` / ``begin_shard``.  ``max_claim`` caps a claim (the
+    shard's records per worker task, so workers of a small shard never hold
+    more than a chunk they will use while the other runs dry).
     """
+    cap = max(1, min(MAX_CHUNK, max_claim))
     pool = KeyPool(pool_db or pool_path(settings))
-    source = PoolIccSource(pool, store, ClaimTag(batch_id, str(shard)), on_empty=on_empty)
+    source = PoolIccSource(
+        pool, store, ClaimTag(batch_id, str(shard)), chunk=min(DEFAULT_CHUNK, cap), max_chunk=cap,
+        on_empty=on_empty,
+    )  # fmt: skip
     multiprocessing.util.Finalize(source, _close_source, args=(source, pool), exitpriority=10)
     return source
 

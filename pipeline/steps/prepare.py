@@ -4,7 +4,8 @@ DESIGN.md step 4 and issue 7: inside a shard a process pool (one worker per
 core, ``fork`` context) prepares the cards.  Each worker opens its own key
 store handle and builds one :class:`~pipeline.prep.card.CardPreparer` per
 product *once*, in the pool initializer.  Records flow to the workers as
-Arrow IPC chunks (``batch.chunk_size`` records, 256 by default) and come back
+Arrow IPC chunks (``batch.chunk_size`` records, 256 by default, smaller on
+small shards: :func:`chunk_records`) and come back
 as compact Arrow rows of :data:`~pipeline.io.parts.PART_SCHEMA` whose
 ``card_data`` is already sealed in the worker: no clear PAN or card data
 crosses back, and at most ``2 x workers`` chunks are in flight, so memory stays
@@ -65,7 +66,7 @@ from pipeline.records.layout import Layout, SecretPadding, load_layout
 from pipeline.steps.context import batch_paths, batch_settings, default_workers, opened_store
 from pipeline.steps.keypool import begin_shard, dry_policy, settle_shard, shard_icc_source
 
-__all__ = ["ShardWorker", "WorkerSpec", "prepare_shard", "resolve_keys"]
+__all__ = ["ShardWorker", "WorkerSpec", "chunk_records", "prepare_shard", "resolve_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class WorkerSpec:
     secret_checks: tuple[tuple[str, str], ...] = ()
     #: the shard index: ICC key pool claims are recorded per (batch, shard).
     shard: int = 0
+    #: records per pool task (:func:`chunk_records`): caps each ICC key pool claim.
+    chunk_records: int = 256
 
 
 def secret_checks_for(layout: Layout) -> tuple[tuple[str, str], ...]:
@@ -132,7 +135,7 @@ class ShardWorker:
             if profile.icc_key.source is IccKeySource.POOL:  # issue 7: ICC key pool
                 source = shard_icc_source(
                     spec.settings, store, spec.batch_id, spec.shard,
-                    on_empty=dry_policy(profile.icc_key),
+                    on_empty=dry_policy(profile.icc_key), max_claim=spec.chunk_records,
                 )  # fmt: skip
                 self.icc_sources.append(source)
             self.preparers[product] = CardPreparer(
@@ -278,6 +281,23 @@ def _results_pool(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def chunk_records(chunk_size: int, count: int, workers: int) -> int:
+    """Records per pool task: ``min(chunk_size, ceil(count / (4 x workers)))``, at least 1.
+
+    Issue 7 (every core busy): with a fixed ``batch.chunk_size`` a shard of
+    300 cards on 2 workers is one 256-record chunk and one of 44, so one
+    worker idles most of the shard.  About four chunks per worker keep every
+    worker busy to the end and still amortise the per-task IPC; large shards
+    keep ``chunk_size``.
+
+    Example:
+        >>> chunk_records(256, 300, 2), chunk_records(256, 100_000, 2), chunk_records(256, 3, 2)
+        (38, 256, 1)
+    """
+    per_worker = -(-max(0, count) // (4 * max(1, workers)))
+    return max(1, min(chunk_size, per_worker))
+
+
 def resolve_keys(
     store: KeyStore, products: list[str], config_dir: Path, kek: str, pan_token: str
 ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
@@ -325,7 +345,8 @@ def prepare_shard(
     bs = bs.for_bureau(cfg.bureau)
     paths = batch_paths(shard["batch_dir"])
     index = int(shard["index"])
-    n_workers = min(default_workers(workers, bs), max(1, -(-int(shard["count"]) // bs.chunk_size)))
+    n_workers = min(default_workers(workers, bs), max(1, int(shard["count"])))
+    chunk = chunk_records(bs.chunk_size, int(shard["count"]), n_workers)
     what = f"shard {index} of batch {paths.batch_id}"
     with exclusive_lock(paths.part_lock(index), what, wait=bs.shard_lock_wait):
         done = _completed(paths, shard)
@@ -334,7 +355,7 @@ def prepare_shard(
             return done
         with opened_store(settings, store) as ks:
             checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
-            return _prepare(shard, settings, bs, (cfg.kek, checks), paths, ks, n_workers)
+            return _prepare(shard, settings, bs, (cfg.kek, checks), paths, ks, (n_workers, chunk))
 
 
 def _prepare(  # noqa: PLR0917 (internal)
@@ -344,9 +365,10 @@ def _prepare(  # noqa: PLR0917 (internal)
     kek_and_checks: tuple[str, tuple[tuple[str, str], ...]],
     paths: BatchPaths,
     store: KeyStore,
-    n_workers: int,
+    workers_and_chunk: tuple[int, int],
 ) -> dict[str, Any]:
     started = time.monotonic()
+    n_workers, chunk = workers_and_chunk
     kek, secret_checks = kek_and_checks
     index = int(shard["index"])
     products = list(shard["products"])
@@ -365,10 +387,11 @@ def _prepare(  # noqa: PLR0917 (internal)
         products=tuple(products),
         secret_checks=secret_checks,
         shard=index,
+        chunk_records=chunk,
     )
     begin_shard(settings, paths.batch_id, index)  # burn what a crashed run of it claimed
     icc_hashes: list[str] = []
-    chunks = _chunks(store, paths, shard, bs.chunk_size)
+    chunks = _chunks(store, paths, shard, chunk)
     inline: ShardWorker | None = None
     if n_workers == 1:
         inline = ShardWorker(spec, store=store)
@@ -419,6 +442,7 @@ def _prepare(  # noqa: PLR0917 (internal)
             "kcvs": kcvs,
             "data_key": str(data_key),
             "workers": n_workers,
+            "chunk_records": chunk,
             "seconds": seconds,
             "cards_per_second": round(prepared / seconds, 1) if seconds > 0 else 0,
             "resumed": False,
