@@ -276,6 +276,9 @@ class _Loaded:
     checked_at: float
     key: bytes | None = field(default=None, repr=False)
     objects: dict[Any, Any] = field(default_factory=dict, repr=False)
+    #: operations ``usage.check`` passed for *this* ``record``; emptied with every
+    #: refresh of the record, so a verdict never outlives the record it was made on
+    permitted: set[Operation] = field(default_factory=set, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -813,7 +816,13 @@ class SoftKeyStore:
     # --- loading keys for use -------------------------------------------------------------
 
     def _load(self, ref: KeyRef, operation: Operation) -> _Loaded:
-        """The cached key for ``ref`` after checking usage/mode/state for ``operation``."""
+        """The cached key for ``ref`` after checking usage/mode/state for ``operation``.
+
+        The record is re-read at most every ``cache_ttl`` seconds; the verdict of
+        :func:`~pipeline.keys.usage.check` is cached per operation on the entry and
+        dropped whenever the record is re-read (or the entry evicted), so a
+        suspension or rotation takes effect exactly when it did before.
+        """
         if not isinstance(ref, KeyRef):
             raise InvalidInputError("key", f"expected a KeyRef, got {type(ref).__name__}")
         now = time.monotonic()
@@ -825,7 +834,10 @@ class SoftKeyStore:
                 self._cache[ref] = entry
             else:
                 entry.record, entry.checked_at = record, now
-        check(entry.record, operation)
+                entry.permitted.clear()
+        if operation not in entry.permitted:  # hot path: one set lookup per call
+            check(entry.record, operation)
+            entry.permitted.add(operation)
         if entry.key is None:
             entry.key = self._unwrap_at_rest(entry.record)
         return entry
@@ -1526,7 +1538,8 @@ class SoftKeyStore:
         tk_e = self._load(tk, Operation.WRAP_OUTPUT)
         if not method.is_gp:
             raise InvalidInputError("method", f"{method.value} is not a GP diversification")
-        check_strength(tk_e.record, str(kmc), kmc_e.record.strength_bits, Operation.WRAP_OUTPUT)
+        if tk_e.record.strength_bits < kmc_e.record.strength_bits:  # raises
+            check_strength(tk_e.record, str(kmc), kmc_e.record.strength_bits, Operation.WRAP_OUTPUT)
         assert kmc_e.key is not None
         keys = gp.diversify_card_keys(kmc_e.key, kdd, method.value)
         name = kmc_e.record.kcv_method
@@ -1547,7 +1560,10 @@ class SoftKeyStore:
         """See :meth:`pipeline.keys.store.KeyStore.translate`."""
         src = self._load(from_key, Operation.TRANSLATE_FROM)
         dst = self._load(to_key, Operation.TRANSLATE_TO)
-        check_strength(dst.record, str(from_key), src.record.strength_bits, Operation.TRANSLATE_TO)
+        if dst.record.strength_bits < src.record.strength_bits:  # raises; skip str() otherwise
+            check_strength(
+                dst.record, str(from_key), src.record.strength_bits, Operation.TRANSLATE_TO
+            )
         src_bs = _symmetric(src.record.algorithm).block_size
         dst_bs = _symmetric(dst.record.algorithm).block_size
         if not ciphertext or len(ciphertext) % src_bs or len(ciphertext) % dst_bs:
