@@ -24,9 +24,10 @@ the key store only.  For every card (issue 5, "Per card"; DOMAIN.md 1):
    data to be authenticated (Book 3 10.3), the ICC certificate signed by the
    issuer key inside the store, then the certificate records;
 6. self-checks: the certificate recovers / verifies under the issuer public
-   key and certifies this card's key (else ``R080 SELF_CHECK_CERT``); MK-AC
-   is derived a second time through the store and must give the same
-   ciphertext and KCV as the DGI carries (else ``R081 SELF_CHECK_KCV``).
+   key and certifies this card's key (else ``R080 SELF_CHECK_CERT``); the
+   MK-AC ciphertext the DGI carries, decrypted under the TK inside the store
+   (``store.kcv_of_wrapped``), must have the KCV the store derived (else
+   ``R081 SELF_CHECK_KCV``): a wrong wrap or a KCV of another key is caught.
 
 Record-level problems become :class:`~pipeline.records.validate.Reject`
 values; key store refusals (missing key, wrong usage or state) are batch
@@ -52,7 +53,6 @@ from pipeline.errors import (
     SignatureError,
 )
 from pipeline.keys.model import (
-    DerivationMethod,
     IccKeyPair,
     KeyAlgorithm,
     KeyRecord,
@@ -401,7 +401,7 @@ class CardPreparer:
                 store.derive_and_wrap(imk, pan, psn, spec.derivation, keys.tk)
                 for imk in (ac, smi, smc)
             )
-            self._check_mk_ac(ac, record, spec.derivation, wrapped[0], spec.name)
+            self._check_mk_ac(wrapped[0], spec.name)
             secret_dgis.append(Dgi(spec.dgi, b"".join(w.ciphertext for w in wrapped), True))
             secret_dgis.append(Dgi(spec.kcv_dgi, b"".join(w.kcv[:KCV_LENGTH] for w in wrapped)))
             for role, w in zip(("mk_ac", "mk_smi", "mk_smc"), wrapped, strict=True):
@@ -426,25 +426,16 @@ class CardPreparer:
             icc_public_key_sha256=hashlib.sha256(pair.public_key).hexdigest(),
         )
 
-    def _check_mk_ac(
-        self,
-        imk: KeyRef,
-        record: CardRecord,
-        method: DerivationMethod,
-        first: WrappedKey,
-        name: str,
-    ) -> None:
+    def _check_mk_ac(self, wrapped: WrappedKey, name: str) -> None:
         """KCV self-check (issue 5): the MK-AC the DGI carries under the TK has the KCV
-        the key store derived, and a second derivation agrees with the first.
+        the key store derived.
+
+        The store decrypts the ciphertext under the TK and computes its KCV
+        (``kcv_of_wrapped``, nothing clear leaves it); a corrupted wrap, a wrap
+        of another key or a KCV of another key all disagree.
         """
-        again = self.store.derive_and_wrap(imk, record.pan, record.psn, method, self.keys.tk)
-        under_tk = self.store.kcv_of_wrapped(self.keys.tk, first.ciphertext, first.kcv_method)
-        if (
-            not first.kcv
-            or again.kcv != first.kcv
-            or again.ciphertext != first.ciphertext
-            or under_tk[: len(first.kcv)] != first.kcv
-        ):
+        under_tk = self.store.kcv_of_wrapped(self.keys.tk, wrapped.ciphertext, wrapped.kcv_method)
+        if not wrapped.kcv or under_tk[: len(wrapped.kcv)] != wrapped.kcv:
             raise _CardReject(
                 RejectReason.SELF_CHECK_KCV, f"{name}.mk_ac", "MK-AC KCV does not match the store's"
             )

@@ -17,7 +17,8 @@ every secret and certificate with independent code.
 * SM2: the private key DGI decrypts to d whose public point (gmssl) is the
   one in the format-14 certificate, whose signature gmssl verifies;
 * self-checks: a signer that corrupts signatures gives R080, a store whose
-  second MK-AC derivation disagrees gives R081, an undecryptable secret R071.
+  MK-AC wrap is corrupted, is another key's or whose KCV is wrong gives R081,
+  an undecryptable secret R071.
 """
 
 from __future__ import annotations
@@ -415,15 +416,26 @@ class _CorruptSigner(_Proxy):
         return bytes(sig)
 
 
-class _FlakyDerivation(_Proxy):
-    calls = 0
+class _BadFirstDerivation(_Proxy):
+    """The first derive_and_wrap of a card (the contact MK-AC) comes back damaged."""
+
+    def __init__(self, store: SoftKeyStore, damage: str) -> None:
+        super().__init__(store)
+        self.damage, self.calls = damage, 0
 
     def derive_and_wrap(self, imk: Any, pan: str, psn: Any, method: Any, tk: Any) -> Any:
         self.calls += 1
         wrapped = self._store.derive_and_wrap(imk, pan, psn, method, tk)
-        if self.calls == 4:  # the self-check's second MK-AC derivation
-            return type(wrapped)(wrapped.ciphertext, b"\x00\x00\x00", wrapped.kcv_method, tk)
-        return wrapped
+        if self.calls != 1:
+            return wrapped
+        if self.damage == "wrap":  # one bit of the ciphertext under the TK flipped
+            bad = bytearray(wrapped.ciphertext)
+            bad[0] ^= 0x01
+            return type(wrapped)(bytes(bad), wrapped.kcv, wrapped.kcv_method, tk)
+        if self.damage == "other-key":  # the wrap of another card's MK-AC, this card's KCV
+            other = self._store.derive_and_wrap(imk, "6234560000000000006", psn, method, tk)
+            return type(wrapped)(other.ciphertext, wrapped.kcv, wrapped.kcv_method, tk)
+        return type(wrapped)(wrapped.ciphertext, b"\x00\x00\x00", wrapped.kcv_method, tk)
 
 
 @pytest.mark.parametrize("product", ["demo-visa-rsa", "demo-pboc-sm2"])
@@ -437,10 +449,16 @@ def test_corrupted_signature_is_rejected(store: SoftKeyStore, product: str) -> N
     assert record.pan not in result.detail and result.masked_pan == record.masked_pan
 
 
-def test_kcv_disagreement_is_rejected(store: SoftKeyStore, rsa_profile: ProductProfile) -> None:
-    result = _preparer(_FlakyDerivation(store), rsa_profile).prepare(RSA_CARDS[1])
+@pytest.mark.parametrize("damage", ["wrap", "other-key", "kcv"])
+@pytest.mark.parametrize("product", ["demo-visa-rsa", "demo-pboc-sm2"])
+def test_kcv_disagreement_is_rejected(store: SoftKeyStore, product: str, damage: str) -> None:
+    profile = load_product(product, CONFIG)
+    record = (RSA_CARDS if product == "demo-visa-rsa" else PBOC_CARDS)[1]
+    assert isinstance(_preparer(store, profile).prepare(record), PreparedCard)
+    result = _preparer(_BadFirstDerivation(store, damage), profile).prepare(record)
     assert isinstance(result, Reject)
-    assert result.reason is RejectReason.SELF_CHECK_KCV and result.field == "contact.mk_ac"
+    assert result.reason is RejectReason.SELF_CHECK_KCV
+    assert result.field == f"{profile.key_sets[0].name}.mk_ac"
 
 
 def test_undecryptable_secret_is_rejected(store: SoftKeyStore, rsa_profile: ProductProfile) -> None:
