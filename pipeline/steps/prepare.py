@@ -22,7 +22,9 @@ ICC key pools (issue 7): for ``icc_key.source: pool`` products each worker
 takes its keys from the pool (:func:`pipeline.steps.keypool.shard_icc_source`);
 the shard first burns what a crashed run of it claimed, and after the part is
 committed its cards' keys become ``used`` and every other claim is burned
-(``result["pool"]``).
+(``result["pool"]``).  A resumed shard settles again from its part's
+``icc_pk_sha256`` column (a kill between the part's commit and the settle
+left its entries claimed).
 
 ``workers=1`` prepares in the calling process (no pool).
 
@@ -46,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pipeline.errors import CardprepError, PreparationError, VerificationError
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.parts import PART_SCHEMA, PartWriter, read_part_metadata
@@ -55,7 +59,7 @@ from pipeline.io.rejects import reject_row, write_reject_table
 from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
 from pipeline.keys import open_store
 from pipeline.keys.model import KeyRef, TranslateCheck
-from pipeline.keys.pool import PoolIccSource
+from pipeline.keys.pool import PoolIccSource, pool_path
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
@@ -332,6 +336,21 @@ def _completed(paths: BatchPaths, shard: dict[str, Any]) -> dict[str, Any] | Non
     return dict(result, resumed=True) if isinstance(result, dict) else None
 
 
+def _settle_resumed(settings: Settings, paths: BatchPaths, index: int) -> dict[str, int]:
+    """Settle the ICC key pool for a shard whose part an earlier run committed.
+
+    A run killed between the part's commit and :func:`settle_shard` leaves the
+    shard's pool entries ``claimed``: settle them now from the part's own
+    ``icc_pk_sha256`` column (the written cards' keys become ``used``, any
+    other claim of the shard is burned).  Idempotent: a settled shard changes
+    nothing (``{"used": 0, "burned": 0}``); without a pool file nothing is read.
+    """
+    if not pool_path(settings).exists():
+        return {"used": 0, "burned": 0}
+    hashes = pq.read_table(paths.part(index), columns=["icc_pk_sha256"]).column(0).to_pylist()
+    return settle_shard(settings, paths.batch_id, index, hashes)
+
+
 def prepare_shard(
     shard: dict[str, Any],
     settings: Settings,
@@ -352,6 +371,7 @@ def prepare_shard(
         done = _completed(paths, shard)
         if done is not None:
             log.info("%s: complete from an earlier run (%d cards); resumed", what, done["prepared"])
+            done["pool"] = _settle_resumed(settings, paths, index)
             return done
         with opened_store(settings, store) as ks:
             checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
