@@ -103,6 +103,13 @@ ISSUER_KEY_OVERHEAD = 36  # Book 2 Table 6: the issuer key field is N_CA - 36 by
 PIN_BLOCK = "pin_block"
 TEMPLATE_70 = b"\x70"
 ICC_CERT_TAGS = frozenset({b"\x9f\x46", b"\x9f\x48"})
+#: Data objects whose value is made per card (``_card_values``, ``_icc_certificate``);
+#: every other tag of a product's records is constant and encoded once per preparer.
+CARD_TAGS = frozenset(
+    {b"\x57", b"\x5a", b"\x5f\x20", b"\x5f\x24", b"\x5f\x25", b"\x5f\x30", b"\x5f\x34"}
+    | {b"\x9f\x47"}
+    | ICC_CERT_TAGS
+)
 
 _FIELD_REASONS: dict[str, RejectReason] = {
     "pan": RejectReason.PAN_NOT_DIGITS,
@@ -246,23 +253,59 @@ class IssuerPki:
         return cls.from_record(store.get(key))
 
 
-def record_template(template: RecordTemplate, values: Mapping[bytes, bytes]) -> bytes:
+def record_template(
+    template: RecordTemplate,
+    values: Mapping[bytes, bytes],
+    encoded: Mapping[bytes, bytes] | None = None,
+) -> bytes:
     """A record: tag ``70`` around the template's data objects (EMV Book 3 5.3, CPS 4.2).
 
     Tags whose value is absent or empty (no PSN, no remainder) are left out.
+    ``encoded`` maps tags to their TLV already encoded (a product's constant
+    data objects, ``b""`` for an absent one); it is used instead of ``values``.
 
     Example:
         >>> rec = RecordTemplate(2, 1, (b"\\x5a", b"\\x5f\\x34"))
         >>> record_template(rec, {b"\\x5a": bytes.fromhex("4761739001010119")}).hex().upper()
         '700A5A084761739001010119'
+        >>> record_template(rec, {}, {b"\\x5a": bytes.fromhex("5A0112"), b"\\x5f\\x34": b""}).hex()
+        '70035a0112'
     """
-    body = b"".join(encode_tlv(tag, values[tag]) for tag in template.tags if values.get(tag))
+    pre = encoded or {}
+    parts: list[bytes] = []
+    for tag in template.tags:
+        tlv = pre.get(tag)
+        if tlv is None:
+            value = values.get(tag)
+            tlv = encode_tlv(tag, value) if value else b""
+        parts.append(tlv)
+    body = b"".join(parts)
     record = encode_tlv(TEMPLATE_70, body)
     if len(record) > MAX_RECORD_LENGTH:
         raise PreparationError(
             f"record {template.dgi:04X}", f"{len(record)} bytes exceeds {MAX_RECORD_LENGTH}"
         )
     return record
+
+
+def _encode_constants(tags: set[bytes], values: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
+    """Tag -> its TLV (``b""`` when absent or empty) for ``tags``, encoded once.
+
+    A tag that does not encode is left out, so the per-card path meets (and
+    rejects) it exactly as before.
+
+    Example:
+        >>> _encode_constants({b"\\x82", b"\\x92"}, {b"\\x82": b"\\x39\\x00", b"\\x92": b""})
+        {b'\\x82': b'\\x82\\x029\\x00', b'\\x92': b''}
+    """
+    out: dict[bytes, bytes] = {}
+    for tag in sorted(tags):
+        value = values.get(tag)
+        try:
+            out[tag] = encode_tlv(tag, value) if value else b""
+        except CardprepError:
+            continue
+    return out
 
 
 class _CardReject(Exception):  # noqa: N818 - internal control flow, never escapes prepare()
@@ -327,6 +370,19 @@ class CardPreparer:
         self._sm2_verifier = None if self._signer else pboc_issuer_verifier(self.pki.public_key)
         self._select = b"".join(encode_tlv(tag, value) for tag, value in profile.select_tags)
         self._template_tags = {tag for rec in profile.records for tag in rec.tags}
+        # Per product, once: constant data objects encoded, constant records and
+        # the FCI / GPO DGIs built; per card only the card's own tags are encoded.
+        constants = self._constant_values()
+        self._encoded = _encode_constants(self._template_tags - CARD_TAGS, constants)
+        # a card tag's constant (5F25 without an effective date ...) or a constant
+        # that did not encode: still a per-card value, exactly as before
+        self._card_defaults = {
+            t: v
+            for t, v in constants.items()
+            if t in self._template_tags and t not in self._encoded
+        }
+        self._constant_records = self._build_constant_records()
+        self._fci_gpo = tuple(self._fci_gpo_dgis())
 
     # --- construction checks ------------------------------------------------------
 
@@ -421,7 +477,7 @@ class CardPreparer:
             product=profile.id,
             masked_pan=mask_pan(pan),
             pan_token=store.pan_token(keys.pan_token, pan),
-            dgis=(*record_dgis, *self._fci_gpo_dgis(), *secret_dgis, *private_dgis),
+            dgis=(*record_dgis, *self._fci_gpo, *secret_dgis, *private_dgis),
             kcvs=kcvs,
             icc_public_key_sha256=hashlib.sha256(pair.public_key).hexdigest(),
         )
@@ -508,9 +564,39 @@ class CardPreparer:
             out.append(Dgi(gpo.dgi, value))
         return out
 
-    def _card_values(self, record: CardRecord, icc_exponent: bytes) -> dict[bytes, bytes]:
+    def _constant_values(self) -> dict[bytes, bytes]:
+        """The product's record values that do not depend on the card (profile, issuer PKI)."""
         profile, pki = self.profile, self.pki
         values: dict[bytes, bytes] = dict(profile.constants)
+        values |= {
+            b"\x82": profile.aip,
+            b"\x8f": pki.ca_index,
+            b"\x90": pki.certificate,
+            b"\x92": pki.remainder,
+            b"\x9f\x32": pki.exponent,
+        }
+        if profile.sda_tag_list:
+            values[b"\x9f\x4a"] = profile.sda_tag_list
+        return values
+
+    def _build_constant_records(self) -> dict[int, tuple[bytes, Dgi]]:
+        """Template index -> (record, its DGI) for records without a card tag.
+
+        A record that cannot be built (too long) is left out: it is then built
+        per card and rejected there, as before.
+        """
+        out: dict[int, tuple[bytes, Dgi]] = {}
+        for index, template in enumerate(self.profile.records):
+            if CARD_TAGS.isdisjoint(template.tags):
+                try:
+                    built = record_template(template, {}, self._encoded)
+                except CardprepError:
+                    continue
+                out[index] = (built, Dgi(template.dgi, built))
+        return out
+
+    def _card_values(self, record: CardRecord, icc_exponent: bytes) -> dict[bytes, bytes]:
+        values: dict[bytes, bytes] = dict(self._card_defaults)
         values |= {
             b"\x57": emv_data.track2_equivalent(
                 record.pan, record.expiry, record.service_code, record.discretionary
@@ -519,34 +605,33 @@ class CardPreparer:
             b"\x5f\x20": emv_data.cardholder_name(record.name),
             b"\x5f\x24": emv_data.expiration_date(record.expiry),
             b"\x5f\x30": emv_data.service_code(record.service_code),
-            b"\x82": profile.aip,
-            b"\x8f": pki.ca_index,
-            b"\x90": pki.certificate,
-            b"\x92": pki.remainder,
-            b"\x9f\x32": pki.exponent,
             b"\x9f\x47": icc_exponent,
         }
         if record.effective:
             values[b"\x5f\x25"] = emv_data.effective_date(record.effective)
         if record.psn is not None:
             values[b"\x5f\x34"] = emv_data.pan_sequence_number(record.psn)
-        if profile.sda_tag_list:
-            values[b"\x9f\x4a"] = profile.sda_tag_list
         return values
 
     def _records(self, record: CardRecord, icc_public: bytes, icc_exponent: bytes) -> list[Dgi]:
-        profile = self.profile
+        profile, encoded, constant = self.profile, self._encoded, self._constant_records
         values = self._card_values(record, icc_exponent)
         built: dict[tuple[int, int], bytes] = {}
-        for template in profile.records:
-            if not ICC_CERT_TAGS.intersection(template.tags):
-                built[(template.sfi, template.record)] = record_template(template, values)
+        dgis: dict[int, Dgi] = {}
+        for index, template in enumerate(profile.records):
+            if index in constant:
+                built[(template.sfi, template.record)], dgis[index] = constant[index]
+            elif ICC_CERT_TAGS.isdisjoint(template.tags):
+                built[(template.sfi, template.record)] = record_template(template, values, encoded)
         static = static_data_to_authenticate(profile.afl, built, profile.sda_tag_list, profile.aip)
         values |= self._icc_certificate(record, icc_public, icc_exponent, static)
         for template in profile.records:
-            if ICC_CERT_TAGS.intersection(template.tags):
-                built[(template.sfi, template.record)] = record_template(template, values)
-        return [Dgi(t.dgi, built[(t.sfi, t.record)]) for t in profile.records]
+            if not ICC_CERT_TAGS.isdisjoint(template.tags):
+                built[(template.sfi, template.record)] = record_template(template, values, encoded)
+        return [
+            dgis[i] if i in dgis else Dgi(t.dgi, built[(t.sfi, t.record)])
+            for i, t in enumerate(profile.records)
+        ]
 
     def _icc_certificate(
         self, record: CardRecord, icc_public: bytes, icc_exponent: bytes, static: bytes

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -112,6 +113,12 @@ def parse_afl(afl: bytes) -> tuple[AflEntry, ...]:
     return tuple(entries)
 
 
+@functools.lru_cache(maxsize=64)
+def _parse_afl_once(afl: bytes) -> tuple[AflEntry, ...]:
+    """:func:`parse_afl` remembered per AFL value (one per product; errors are not cached)."""
+    return parse_afl(afl)
+
+
 def build_afl(records: Iterable[tuple[int, int, bool]]) -> bytes:
     """The AFL for ``(sfi, record, oda)`` triples, in the given order (Book 3 10.2).
 
@@ -177,7 +184,7 @@ def static_data_to_authenticate(
     it may contain only ``82``.
     """
     parts: list[bytes] = []
-    for entry in parse_afl(afl):
+    for entry in _parse_afl_once(bytes(afl)):
         for number in range(entry.first_record, entry.first_record + entry.oda_records):
             record = records.get((entry.sfi, number))
             if record is None:
