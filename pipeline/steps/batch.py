@@ -2,8 +2,10 @@
 
 The same functions are the Airflow tasks (issue 6); here they run one after
 another under one exclusive batch lock, with one key store handle:
-verify/parse -> plan -> prepare each shard (process pool inside) -> publish
--> reconcile.  A second run of the same file while this one holds the lock
+verify/parse -> plan -> prepare each shard -> publish -> reconcile.  The
+shards share one process pool (:class:`~pipeline.steps.prepare.WorkerPool`,
+started on the first shard that needs it), not one per shard.  A second run
+of the same file while this one holds the lock
 waits ``batch.lock_wait`` seconds, then refuses with
 :class:`~pipeline.errors.BatchLockedError`; after it, the batch is published
 and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
@@ -33,10 +35,10 @@ from pipeline.io.paths import batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.records.issuers import load_issuer
-from pipeline.steps.context import batch_settings, opened_store
+from pipeline.steps.context import batch_settings, default_workers, opened_store
 from pipeline.steps.parse import verify_and_parse
 from pipeline.steps.plan import plan_shards
-from pipeline.steps.prepare import prepare_shard
+from pipeline.steps.prepare import WorkerPool, prepare_shard
 from pipeline.steps.publish import publish
 from pipeline.steps.reconcile import is_unreconciled, reconcile
 
@@ -92,7 +94,9 @@ def run_batch(
         parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, store=ks)
         shards = plan_shards(parsed, size)
         log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(shards), size)
-        results = [prepare_shard(shard, settings, workers, store=ks) for shard in shards]
+        with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
+            results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
+                       for shard in shards]  # fmt: skip
         published = publish(parsed, results, settings, force=force, store=ks)
         summary = reconcile(published, settings, store=ks)
     summary["shards"] = len(shards)
