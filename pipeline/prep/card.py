@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.audit.masking import mask_pan
-from pipeline.crypto.tlv import encode_tlv
+from pipeline.crypto.tlv import check_tag, encode_length, encode_tlv
 from pipeline.errors import (
     CardprepError,
     CertificateError,
@@ -110,6 +110,8 @@ CARD_TAGS = frozenset(
     | {b"\x9f\x47"}
     | ICC_CERT_TAGS
 )
+for _tag in CARD_TAGS:  # well-formed BER tags, so record_template skips the per-card check
+    check_tag(_tag)
 
 _FIELD_REASONS: dict[str, RejectReason] = {
     "pan": RejectReason.PAN_NOT_DIGITS,
@@ -277,7 +279,12 @@ def record_template(
         tlv = pre.get(tag)
         if tlv is None:
             value = values.get(tag)
-            tlv = encode_tlv(tag, value) if value else b""
+            if not value:
+                tlv = b""
+            elif tag in CARD_TAGS and type(value) is bytes:  # tag checked at import
+                tlv = tag + encode_length(len(value)) + value
+            else:
+                tlv = encode_tlv(tag, value)
         parts.append(tlv)
     body = b"".join(parts)
     record = encode_tlv(TEMPLATE_70, body)

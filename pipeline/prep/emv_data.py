@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import calendar
+import functools
 
 from pipeline.audit.masking import mask_pan
 from pipeline.errors import PreparationError
@@ -135,6 +136,13 @@ def expiration_date(expiry_yymm: str) -> bytes:
         >>> expiration_date("2512").hex(), expiration_date("2802").hex()
         ('251231', '280229')
     """
+    _digits(expiry_yymm, "expiry")  # a non-string never reaches the (hashing) cache
+    return _expiration_date(expiry_yymm)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expiration_date(expiry_yymm: str) -> bytes:
+    """:func:`expiration_date` remembered per YYMM (a batch has few); errors are not cached."""
     year, month = _check_yymm(expiry_yymm, "expiry")
     day = calendar.monthrange(year, month)[1]
     return bytes.fromhex(f"{expiry_yymm}{day:02d}")
@@ -147,6 +155,13 @@ def effective_date(effective_yymm: str) -> bytes:
         >>> effective_date("2301").hex()
         '230101'
     """
+    _digits(effective_yymm, "effective")  # a non-string never reaches the cache
+    return _effective_date(effective_yymm)
+
+
+@functools.lru_cache(maxsize=1024)
+def _effective_date(effective_yymm: str) -> bytes:
+    """:func:`effective_date` remembered per YYMM; errors are not cached."""
     _check_yymm(effective_yymm, "effective")
     return bytes.fromhex(f"{effective_yymm}01")
 
