@@ -52,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import hmac
 import json
@@ -279,6 +280,17 @@ class _Loaded:
     #: operations ``usage.check`` passed for *this* ``record``; emptied with every
     #: refresh of the record, so a verdict never outlives the record it was made on
     permitted: set[Operation] = field(default_factory=set, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _DerivePlan:
+    """What ``derive_and_wrap`` settles once per (IMK record, TK record, method)."""
+
+    imk_record: KeyRecord
+    tk_record: KeyRecord
+    derive: Callable[[str, str | None], bytes] = field(repr=False)
+    wrap: Callable[[bytes], bytes] = field(repr=False)
+    kcv_method: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -1513,21 +1525,38 @@ class SoftKeyStore:
         """See :meth:`pipeline.keys.store.KeyStore.derive_and_wrap`."""
         imk_e = self._load(imk, Operation.DERIVE_CARD_KEY)
         tk_e = self._load(tk, Operation.WRAP_OUTPUT)
+        plan = imk_e.objects.get(("plan", method, tk))
+        if plan is None or plan.imk_record is not imk_e.record or plan.tk_record is not tk_e.record:
+            plan = self._derive_plan(imk, imk_e, tk_e, method)
+            imk_e.objects[("plan", method, tk)] = plan
+        mk = plan.derive(pan, psn)
+        name = plan.kcv_method
+        return WrappedKey(plan.wrap(mk), compute_kcv(mk, name), name, tk)
+
+    def _derive_plan(
+        self, imk: KeyRef, imk_e: _Loaded, tk_e: _Loaded, method: DerivationMethod
+    ) -> _DerivePlan:
+        """Method and strength checks, deriver and TK context for one (IMK, TK) pair.
+
+        Bound to the two records it checked: a re-read record (every
+        ``cache_ttl``) or a reloaded entry makes :meth:`derive_and_wrap` build
+        a new plan, so the checks run again.
+        """
         option = _DERIVATION_OPTION.get(method)
         if option is None:
             raise InvalidInputError("method", f"{method.value} is not an ICC MK derivation")
+        check_strength(tk_e.record, str(imk), imk_e.record.strength_bits, Operation.WRAP_OUTPUT)
         deriver = imk_e.objects.get(("deriver", option))
         if deriver is None:
-            check_strength(tk_e.record, str(imk), imk_e.record.strength_bits, Operation.WRAP_OUTPUT)
             assert imk_e.key is not None
             deriver = IccMkDeriver(imk_e.key, option)
             imk_e.objects[("deriver", option)] = deriver
-        elif tk_e.record.strength_bits < imk_e.record.strength_bits:
-            check_strength(tk_e.record, str(imk), imk_e.record.strength_bits, Operation.WRAP_OUTPUT)
-        mk = deriver.derive(pan, psn)
-        method_name = imk_e.record.kcv_method
-        return WrappedKey(
-            self._wrap_output(tk_e, mk), compute_kcv(mk, method_name), method_name, tk
+        return _DerivePlan(
+            imk_record=imk_e.record,
+            tk_record=tk_e.record,
+            derive=deriver.derive,
+            wrap=functools.partial(self._wrap_output, tk_e),
+            kcv_method=imk_e.record.kcv_method,
         )
 
     def diversify_and_wrap(
