@@ -42,8 +42,9 @@ import logging
 import multiprocessing
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ERROR = "error"
+#: what a chunk task returns: ("ok", part rows IPC, reject rows) or ("error", marker, None)
+_Result = tuple[str, Any, Any]
 
 
 @dataclass(frozen=True)
@@ -331,7 +334,7 @@ def _chunks(
             yield table_to_ipc(table.slice(offset, min(chunk_size, hi - offset)))
 
 
-def _results_inline(worker: ShardWorker, chunks: Iterator[bytes]) -> Iterator[tuple[str, Any, Any]]:
+def _results_inline(worker: ShardWorker, chunks: Iterator[bytes]) -> Generator[_Result, None, None]:
     for ipc in chunks:
         try:
             rows, rejects = worker.run(ipc)
@@ -397,7 +400,7 @@ class WorkerPool:
         self._specs.append(plan)
         return len(self._specs) - 1
 
-    def results(self, spec: WorkerSpec, chunks: Iterator[bytes]) -> Iterator[tuple[str, Any, Any]]:
+    def results(self, spec: WorkerSpec, chunks: Iterator[bytes]) -> Generator[_Result, None, None]:
         """Prepare ``chunks`` in order (at most 2 x workers in flight), then end the shard."""
         token, pending = self.token(spec), deque[Future[tuple[str, Any, Any]]]()
         try:
@@ -580,7 +583,8 @@ def _prepare(  # noqa: PLR0917 (internal)
     for path in (part_path, rejects_path):  # temporaries a killed run left behind
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
             stale.unlink(missing_ok=True)
-    with PartWriter(part_path) as part:
+    # closing(): a failed shard stops its chunks (and an own or shared pool) at once
+    with closing(results), PartWriter(part_path) as part:
         for status, rows, rejects in results:
             if status == _ERROR:
                 _raise_marker(rows)
