@@ -103,15 +103,30 @@ ISSUER_KEY_OVERHEAD = 36  # Book 2 Table 6: the issuer key field is N_CA - 36 by
 PIN_BLOCK = "pin_block"
 TEMPLATE_70 = b"\x70"
 ICC_CERT_TAGS = frozenset({b"\x9f\x46", b"\x9f\x48"})
+
+
+def _checked_tags(tags: frozenset[bytes]) -> frozenset[bytes]:
+    """``tags`` once each is checked to be one well-formed BER tag (EMV Book 3 B1).
+
+    Example:
+        >>> sorted(_checked_tags(frozenset({b"\\x5a"})))
+        [b'Z']
+    """
+    for tag in tags:
+        check_tag(tag)
+    return tags
+
+
 #: Data objects whose value is made per card (``_card_values``, ``_icc_certificate``);
 #: every other tag of a product's records is constant and encoded once per preparer.
-CARD_TAGS = frozenset(
-    {b"\x57", b"\x5a", b"\x5f\x20", b"\x5f\x24", b"\x5f\x25", b"\x5f\x30", b"\x5f\x34"}
-    | {b"\x9f\x47"}
-    | ICC_CERT_TAGS
+#: Checked at import, so record_template encodes these without re-checking per card.
+CARD_TAGS = _checked_tags(
+    frozenset(
+        {b"\x57", b"\x5a", b"\x5f\x20", b"\x5f\x24", b"\x5f\x25", b"\x5f\x30", b"\x5f\x34"}
+        | {b"\x9f\x47"}
+        | ICC_CERT_TAGS
+    )
 )
-for _tag in CARD_TAGS:  # well-formed BER tags, so record_template skips the per-card check
-    check_tag(_tag)
 
 _FIELD_REASONS: dict[str, RejectReason] = {
     "pan": RejectReason.PAN_NOT_DIGITS,
