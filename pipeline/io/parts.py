@@ -80,7 +80,9 @@ class PartWriter:
         """Write a table, or a mapping of column lists, in :data:`PART_SCHEMA`."""
         table = rows if isinstance(rows, pa.Table) else pa.table(dict(rows), schema=PART_SCHEMA)
         if table.num_rows:
-            self._writer.write_table(table.cast(PART_SCHEMA))
+            # a worker's rows already have PART_SCHEMA: no cast (and no pyarrow.compute)
+            same = table.schema.equals(PART_SCHEMA)
+            self._writer.write_table(table if same else table.cast(PART_SCHEMA))
             self.rows += int(table.num_rows)
 
     def __exit__(

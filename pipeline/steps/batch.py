@@ -91,10 +91,12 @@ def run_batch(
                         "(killed?): finishing it, nothing is prepared again", batch_id)  # fmt: skip
             summary = reconcile({"batch_dir": str(paths.base)}, settings, store=ks)
             return _resumed(summary, paths.manifest, started)
-        parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, store=ks)
-        shards = plan_shards(parsed, size)
-        log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(shards), size)
         with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
+            # fork and per-worker tables overlap the parse (issue 7, run F)
+            pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
+            parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, store=ks)
+            shards = plan_shards(parsed, size)
+            log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(shards), size)
             results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
                        for shard in shards]  # fmt: skip
         published = publish(parsed, results, settings, force=force, store=ks)
