@@ -3,8 +3,10 @@
 The same functions are the Airflow tasks (issue 6); here they run one after
 another under one exclusive batch lock, with one key store handle:
 verify/parse -> plan -> prepare each shard -> publish -> reconcile.  The
-shards share one process pool (:class:`~pipeline.steps.prepare.WorkerPool`,
-started on the first shard that needs it), not one per shard.  A second run
+shards share one process pool (:class:`~pipeline.steps.prepare.WorkerPool`),
+not one per shard; it starts before the file is parsed, so fork and each
+worker's tables (:meth:`~pipeline.steps.prepare.WorkerPool.warm`) overlap the
+parse.  A second run
 of the same file while this one holds the lock
 waits ``batch.lock_wait`` seconds, then refuses with
 :class:`~pipeline.errors.BatchLockedError`; after it, the batch is published
