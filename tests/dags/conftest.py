@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +69,11 @@ def airflow_db() -> Iterator[Path]:
     db.resetdb()
     yield _HOME
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bag(airflow_db: Path) -> Any:
+    """Every DAG file of ``dags/``, parsed once for the whole session."""
+    from airflow.dag_processing.dagbag import DagBag  # noqa: PLC0415 (after the environment)
+
+    return DagBag(dag_folder=str(Path(__file__).resolve().parents[2] / "dags"))

@@ -8,6 +8,9 @@ TEST cards in the inbound folder.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -65,3 +68,25 @@ def make_demo_env(root: Path, cards: int = 40, *, errors: float = 0.1, seed: int
     write_sample("demo", cards, sample, error_rate=errors, seed=seed,
                  batch_date=date.today(), config_dir=CONFIG)  # fmt: skip
     return DemoEnv(root, write_settings(root, storage, inbound), inbound, storage, sample)
+
+
+@contextmanager
+def active_demo_env(root: Path, *, cards: int) -> Iterator[DemoEnv]:
+    """``make_demo_env`` under ``root``, made current for DAG runs.
+
+    Points ``CARDPREP_SETTINGS`` at it and creates the ``hsm`` pool for the
+    duration; the previous ``CARDPREP_SETTINGS`` is restored afterwards.
+    """
+    from airflow.models.pool import Pool  # noqa: PLC0415 (callers set up airflow first)
+
+    demo = make_demo_env(root, cards=cards)
+    saved = os.environ.get("CARDPREP_SETTINGS")
+    os.environ["CARDPREP_SETTINGS"] = str(demo.settings_path)
+    Pool.create_or_update_pool("hsm", 2, "cardprep key store sessions", include_deferred=False)
+    try:
+        yield demo
+    finally:
+        if saved is None:
+            os.environ.pop("CARDPREP_SETTINGS", None)
+        else:
+            os.environ["CARDPREP_SETTINGS"] = saved

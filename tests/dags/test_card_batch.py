@@ -9,7 +9,6 @@ runs.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import Any
 import pytest
 import yaml
 from airflow.dag_processing.dagbag import DagBag
-from airflow.models.pool import Pool
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
@@ -29,7 +27,7 @@ from pipeline.records.layout import load_layout
 from pipeline.records.parse import iter_records
 from pipeline.records.sample import write_sample
 from pipeline.steps.batch import run_batch
-from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env, write_settings
+from tests.dags.demo_env import CONFIG, DemoEnv, active_demo_env, write_settings
 
 SHARD = 16
 #: 13..19 digits standing alone; not the fraction of a decimal number (a log's
@@ -39,20 +37,8 @@ _DIGIT_RUN = r"(?<![\d.])\d{13,19}(?!\d)"
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnv]:
-    demo = make_demo_env(tmp_path_factory.mktemp("card-batch"), cards=40)
-    saved = os.environ.get("CARDPREP_SETTINGS")
-    os.environ["CARDPREP_SETTINGS"] = str(demo.settings_path)
-    Pool.create_or_update_pool("hsm", 2, "cardprep key store sessions", include_deferred=False)
-    yield demo
-    if saved is None:
-        os.environ.pop("CARDPREP_SETTINGS", None)
-    else:
-        os.environ["CARDPREP_SETTINGS"] = saved
-
-
-@pytest.fixture(scope="module")
-def bag() -> DagBag:
-    return DagBag(dag_folder=str(CONFIG.parent / "dags"))
+    with active_demo_env(tmp_path_factory.mktemp("card-batch"), cards=40) as demo:
+        yield demo
 
 
 @pytest.fixture(scope="module")

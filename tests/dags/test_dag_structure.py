@@ -28,11 +28,6 @@ ISSUERS = sorted(
 EXPECTED = {f"card_batch_{i}" for i in ISSUERS} | {"key_health", "retention", "icc_keypool"}
 
 
-@pytest.fixture(scope="module")
-def bag() -> DagBag:
-    return DagBag(dag_folder=str(DAGS))
-
-
 def test_every_dag_imports_without_error(bag: DagBag) -> None:
     assert bag.import_errors == {}
     assert set(bag.dags) >= EXPECTED

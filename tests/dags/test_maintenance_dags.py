@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,6 @@ from typing import Any
 
 import pytest
 from airflow.dag_processing.dagbag import DagBag
-from airflow.models.pool import Pool
 from airflow.models.xcom import XComModel
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.utils.session import create_session
@@ -25,25 +23,13 @@ from pipeline.keys.pool import KeyPool, pool_path
 from pipeline.keys.settings import load_settings
 from pipeline.steps.batch import run_batch
 from pipeline.steps.verify import verify_batch
-from tests.dags.demo_env import CONFIG, DemoEnv, make_demo_env
+from tests.dags.demo_env import DemoEnv, active_demo_env
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoEnv]:
-    demo = make_demo_env(tmp_path_factory.mktemp("maintenance"), cards=20)
-    saved = os.environ.get("CARDPREP_SETTINGS")
-    os.environ["CARDPREP_SETTINGS"] = str(demo.settings_path)
-    Pool.create_or_update_pool("hsm", 2, "cardprep key store sessions", include_deferred=False)
-    yield demo
-    if saved is None:
-        os.environ.pop("CARDPREP_SETTINGS", None)
-    else:
-        os.environ["CARDPREP_SETTINGS"] = saved
-
-
-@pytest.fixture(scope="module")
-def bag() -> DagBag:
-    return DagBag(dag_folder=str(CONFIG.parent / "dags"))
+    with active_demo_env(tmp_path_factory.mktemp("maintenance"), cards=20) as demo:
+        yield demo
 
 
 def _results(run: Any, task_id: str) -> list[Any]:
