@@ -223,69 +223,18 @@ def test_import_components_with_answers(
         files += ["--component-file", str(tmp_path / f"p{i}.hex")]
     answers = tmp_path / "answers.yaml"
     answers.write_text("'confirm:demo-kek:*': 'yes'\n")
-    rc = main(
-        [
-            "keys",
-            "import",
-            "demo-kek",
-            "--algorithm",
-            "tdes2",
-            "--usage",
-            "K0",
-            "--role",
-            "kek",
-            "--owner",
-            "issuer:demo",
-            "--sender",
-            "issuer:demo",
-            "--kcv",
-            "08D7B4",
-            *files,
-            "--custodian",
-            "alice",
-            "--custodian",
-            "bob",
-            "--custodian",
-            "carol",
-            "--answers",
-            str(answers),
-            *DUAL,
-            *demo,
-        ]
-    )
+    import_kek = [
+        "keys", "import", "demo-kek", "--algorithm", "tdes2", "--usage", "K0",
+        "--role", "kek", "--owner", "issuer:demo", "--sender", "issuer:demo",
+        "--kcv", "08D7B4", *files,
+        "--custodian", "alice", "--custodian", "bob", "--custodian", "carol",
+        "--answers", str(answers), *DUAL, *demo,
+    ]  # fmt: skip
+    rc = main(import_kek)
     assert rc == 0
     assert "entered demo-kek@v1 (tdes2 K0, active) kcv=08D7B4" in capsys.readouterr().out
     answers.write_text("'confirm:demo-kek:*': 'no'\n")
-    rc = main(
-        [
-            "keys",
-            "import",
-            "demo-kek",
-            "--algorithm",
-            "tdes2",
-            "--usage",
-            "K0",
-            "--role",
-            "kek",
-            "--owner",
-            "issuer:demo",
-            "--sender",
-            "issuer:demo",
-            "--kcv",
-            "08D7B4",
-            *files,
-            "--custodian",
-            "alice",
-            "--custodian",
-            "bob",
-            "--custodian",
-            "carol",
-            "--answers",
-            str(answers),
-            *DUAL,
-            *demo,
-        ]
-    )
+    rc = main(import_kek)
     assert rc == 2 and "alice did not confirm" in capsys.readouterr().err
 
 
