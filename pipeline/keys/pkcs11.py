@@ -442,6 +442,7 @@ class Pkcs11KeyStore:
         self._token_label = token_label
         self.__pin = pin
         self._audit = audit
+        self._trail: AuditTrail | None = None
         self._clock = clock
         self._lock = threading.RLock()
         self._pid = -1
@@ -479,10 +480,32 @@ class Pkcs11KeyStore:
         store = cls(conf["module"], conf["token_label"], pin, audit=_no_trail_yet)
         trail = AuditTrail(settings.key_store.audit_path, StoreAuditSealer(store, audit_key_label))
         store._audit = trail.append
+        store._trail = trail
         return store
 
     def __repr__(self) -> str:  # never the PIN
         return f"Pkcs11KeyStore(token={self._token_label!r}, library={self._library!r})"
+
+    @property
+    def audit_trail(self) -> AuditTrail:
+        """The trail this store audits to, as :attr:`SoftKeyStore.audit_trail` has it.
+
+        Batch steps (publish, retention, ``cardprep audit``) append to and
+        verify it.  Only a store opened by :meth:`from_settings` has one; a
+        store built with an explicit ``audit`` sink (the audit-key bootstrap)
+        raises :class:`~pipeline.errors.AuditError` (fail closed).
+
+        Example:
+            >>> Pkcs11KeyStore.from_settings(settings).audit_trail.verify().ok  # doctest: +SKIP
+            True
+        """
+        if self._trail is None:
+            raise AuditError(
+                "audit trail",
+                "this PKCS#11 store was built with an explicit audit sink; "
+                "open it with from_settings to record batch events",
+            )
+        return self._trail
 
     # --- session: one per process ----------------------------------------------------------
 

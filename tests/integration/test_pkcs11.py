@@ -614,6 +614,11 @@ def test_from_settings_reads_pin_file_and_seals_audit_in_token(
         assert str(rec.ref) in text and softhsm_token.pin not in text
         trail = AuditTrail(tmp_path / "audit.jsonl", StoreAuditSealer(opened, audit_label))
         assert trail.verify().ok
+        # The batch steps reach the same trail through the store (publish, retention, audit).
+        assert opened.audit_trail.path == trail.path and opened.audit_trail.verify().ok
+        assert [e.action for e in opened.audit_trail.events()][-1] == "key.generate"
+        with pytest.raises(AuditError, match="explicit audit sink"):
+            _ = store.audit_trail  # the fixture's store: built with a sink, not from_settings
         # Fail closed: without a usable audit key nothing is generated.
         orphan = Pkcs11KeyStore.from_settings(settings, audit_key_label=_label("none"))
         label = _label("kek")
