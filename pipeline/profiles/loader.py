@@ -33,6 +33,7 @@ from pipeline.profiles.model import (
     RSA_ONLY_TAGS,
     CaKeyId,
     CertificateSpec,
+    DryPolicy,
     GpoResponse,
     IccKeyAlgorithm,
     IccKeySource,
@@ -226,14 +227,38 @@ def _kmc(ctx: _Ctx, raw: Any) -> KmcSpec | None:
     )
 
 
+def _pool_empty(ctx: _Ctx, spec: Mapping[str, Any], source: IccKeySource) -> DryPolicy:
+    """``icc_key.pool_empty``: ``inline`` (default) or ``fail``; only with ``source: pool``.
+
+    With ``source: inline`` there is no pool to run dry, so a ``pool_empty``
+    there is refused rather than ignored: its owner most likely believes the
+    product takes pool keys (the same rule as a constant no record uses).
+
+    Example:
+        >>> _pool_empty(_Ctx("p.yaml"), {"pool_empty": "fail"}, IccKeySource.POOL).value
+        'fail'
+    """
+    if "pool_empty" not in spec:
+        return DryPolicy.INLINE
+    if source is not IccKeySource.POOL:
+        raise ctx.error(
+            "icc_key.pool_empty", f"applies only to source: pool (source is {source.value})"
+        )
+    policy: DryPolicy = ctx.enum_value(DryPolicy, spec["pool_empty"], "icc_key.pool_empty")
+    return policy
+
+
 def _icc_key(ctx: _Ctx, raw: Any, scheme: Scheme) -> IccKeySpec:
     spec = ctx.mapping(
-        raw, "icc_key", frozenset({"algorithm", "bits", "exponent", "source", "dgis"})
+        raw,
+        "icc_key",
+        frozenset({"algorithm", "bits", "exponent", "source", "dgis", "pool_empty"}),
     )
     algorithm = ctx.enum_value(
         IccKeyAlgorithm, ctx.require(spec, "algorithm", "icc_key"), "icc_key.algorithm"
     )
     source = ctx.enum_value(IccKeySource, spec.get("source", "inline"), "icc_key.source")
+    pool_empty = _pool_empty(ctx, spec, source)
     dgis_raw = ctx.require(spec, "dgis", "icc_key")
     if not isinstance(dgis_raw, list):
         raise ctx.error("icc_key.dgis", "expected a list of DGIs")
@@ -251,14 +276,14 @@ def _icc_key(ctx: _Ctx, raw: Any, scheme: Scheme) -> IccKeySpec:
             raise ctx.error("icc_key.exponent", f"{exponent!r} is not 3 or 65537 (Book 2 A2.1.1)")
         if len(dgis) != _RSA_CRT_DGIS:
             raise ctx.error("icc_key.dgis", f"RSA needs {_RSA_CRT_DGIS} CRT DGIs, got {len(dgis)}")
-        return IccKeySpec(algorithm, bits, int(exponent), source, dgis)
+        return IccKeySpec(algorithm, bits, int(exponent), source, dgis, pool_empty)
     if scheme is not Scheme.PBOC:
         raise ctx.error("icc_key.algorithm", "an SM2 ICC key needs scheme pboc")
     if spec.get("bits") not in (None, 256) or spec.get("exponent") is not None:
         raise ctx.error("icc_key", "SM2 takes no exponent and 256 bits only")
     if len(dgis) != 1:
         raise ctx.error("icc_key.dgis", f"SM2 needs one private key DGI, got {len(dgis)}")
-    return IccKeySpec(algorithm, None, None, source, dgis)
+    return IccKeySpec(algorithm, None, None, source, dgis, pool_empty)
 
 
 def _pin(ctx: _Ctx, raw: Any) -> PinSpec | None:

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.keys.model import DerivationMethod
+from pipeline.keys.pool import DryPolicy
 
 __all__ = [
     "CARD_TAGS",
     "CERTIFICATE_TAGS",
     "CaKeyId",
     "CertificateSpec",
+    "DryPolicy",
     "GpoResponse",
     "IccKeyAlgorithm",
     "IccKeySource",
@@ -136,10 +138,19 @@ class KmcSpec:
 
 @dataclass(frozen=True, slots=True)
 class IccKeySpec:
-    """The ICC key pair: algorithm, size, exponent, source and private-key DGIs.
+    """The ICC key pair: algorithm, size, exponent, source, private-key DGIs, dry-pool policy.
 
     RSA: ``dgis`` are the 5 CRT DGIs in the order ``q^-1 mod p, d mod (q-1),
     d mod (p-1), q, p`` (CPS 8201..8205).  SM2: one DGI for ``d``.
+    ``pool_empty`` says what a card of a ``source: pool`` product does when
+    the pool has no free entry: generate its pair inline (default) or fail
+    the shard (:class:`~pipeline.keys.pool.DryPolicy`); the loader accepts it
+    only with ``source: pool``.
+
+    Example:
+        >>> spec = IccKeySpec(IccKeyAlgorithm.SM2, None, None, IccKeySource.POOL, (0x8100,))
+        >>> spec.pool_empty.value
+        'inline'
     """
 
     algorithm: IccKeyAlgorithm
@@ -147,6 +158,7 @@ class IccKeySpec:
     exponent: int | None
     source: IccKeySource
     dgis: tuple[int, ...]
+    pool_empty: DryPolicy = DryPolicy.INLINE
 
 
 @dataclass(frozen=True, slots=True)

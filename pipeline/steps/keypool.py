@@ -45,6 +45,7 @@ from pipeline.keys.pool import (
 )
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
+from pipeline.profiles.model import IccKeySpec
 
 __all__ = [
     "DEFAULT_TK",
@@ -138,13 +139,22 @@ def pool_status(settings: Settings) -> list[dict[str, Any]]:
 # --- shard side -------------------------------------------------------------------------------
 
 
-def dry_policy(icc_key: Any) -> DryPolicy:
+def dry_policy(icc_key: IccKeySpec | Any) -> DryPolicy:
     """The profile's policy for a dry pool: ``icc_key.pool_empty`` (inline | fail), default inline.
 
+    A loaded profile's :class:`IccKeySpec` carries the validated policy; any
+    other object is read duck-typed (``pool_empty`` a DryPolicy, its value or
+    absent), as tests/unit/keys/test_pool_cli.py still exercises.
+
     Example:
-        >>> dry_policy(object()).value
-        'inline'
+        >>> from pipeline.profiles.model import IccKeyAlgorithm, IccKeySource
+        >>> spec = IccKeySpec(IccKeyAlgorithm.SM2, None, None, IccKeySource.POOL, (0x8100,),
+        ...                   DryPolicy.FAIL)
+        >>> dry_policy(spec).value, dry_policy(object()).value
+        ('fail', 'inline')
     """
+    if isinstance(icc_key, IccKeySpec):
+        return icc_key.pool_empty
     value = getattr(icc_key, "pool_empty", None)
     if value is None:
         return DryPolicy.INLINE

@@ -19,7 +19,7 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.keys.model import DerivationMethod
 from pipeline.profiles import load_product, parse_product
-from pipeline.profiles.model import IccKeyAlgorithm, Scheme
+from pipeline.profiles.model import DryPolicy, IccKeyAlgorithm, IccKeySource, Scheme
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 
@@ -193,3 +193,71 @@ def test_key_set_overrides_imks_and_derivation() -> None:
     assert p.key_sets[1].imk_ac == "other-imk"
     assert p.key_sets[1].derivation is DerivationMethod.OPTION_B
     assert p.key_sets[0].derivation is DerivationMethod.OPTION_A
+
+
+def _pool_product(product: str, **icc_key: Any) -> dict[str, Any]:
+    """A copy of a demo profile switched to ``icc_key.source: pool`` plus ``icc_key`` fields."""
+    data = copy.deepcopy(_raw(product))
+    data["icc_key"].update({"source": "pool", **icc_key})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("product", "icc_key", "policy"),
+    [
+        ("demo-visa-rsa", {}, DryPolicy.INLINE),
+        ("demo-visa-rsa", {"pool_empty": "inline"}, DryPolicy.INLINE),
+        ("demo-visa-rsa", {"pool_empty": "fail"}, DryPolicy.FAIL),
+        ("demo-pboc-sm2", {"pool_empty": "fail"}, DryPolicy.FAIL),
+    ],
+    ids=["rsa default", "rsa inline", "rsa fail", "sm2 fail"],
+)
+def test_pool_empty_policy(product: str, icc_key: dict[str, str], policy: DryPolicy) -> None:
+    p = parse_product(_pool_product(product, **icc_key), source=f"{product}.yaml")
+    assert (p.icc_key.source, p.icc_key.pool_empty) == (IccKeySource.POOL, policy)
+    assert pickle.loads(pickle.dumps(p)) == p
+
+
+def test_demo_profiles_keep_inline_keys_and_the_default_policy() -> None:
+    for product in ("demo-visa-rsa", "demo-pboc-sm2"):
+        icc_key = load_product(product, CONFIG).icc_key
+        assert (icc_key.source, icc_key.pool_empty) == (IccKeySource.INLINE, DryPolicy.INLINE)
+
+
+POOL_EMPTY_CASES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "bad value",
+        {"pool_empty": "wait"},
+        r"icc_key\.pool_empty: 'wait' is not one of inline, fail",
+    ),
+    ("boolean", {"pool_empty": False}, r"icc_key\.pool_empty: False is not one of inline, fail"),
+    ("empty", {"pool_empty": None}, r"icc_key\.pool_empty: None is not one of"),
+    (
+        "inline source",
+        {"source": "inline", "pool_empty": "fail"},
+        r"icc_key\.pool_empty: applies only to source: pool \(source is inline\)",
+    ),
+    (
+        "inline source, inline policy",
+        {"source": "inline", "pool_empty": "inline"},
+        r"icc_key\.pool_empty: applies only to source: pool",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "icc_key", "match"), POOL_EMPTY_CASES, ids=[c[0] for c in POOL_EMPTY_CASES]
+)
+def test_pool_empty_rule(name: str, icc_key: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        parse_product(_pool_product("demo-visa-rsa", **icc_key), source="demo-visa-rsa.yaml")
+    assert info.value.field == "demo-visa-rsa.yaml: icc_key.pool_empty"
+
+
+def test_pool_empty_without_a_source_is_refused() -> None:
+    """``source`` defaults to inline, so a lone ``pool_empty`` names no pool."""
+    data = copy.deepcopy(_raw("demo-pboc-sm2"))
+    data["icc_key"].pop("source", None)
+    data["icc_key"]["pool_empty"] = "fail"
+    with pytest.raises(ConfigError, match=r"pool_empty: applies only to source: pool"):
+        parse_product(data, source="demo-pboc-sm2.yaml")
