@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from enum import IntEnum
+from typing import NamedTuple
 
 from pipeline.audit.masking import mask_pan
 from pipeline.crypto.rsa import RawRsaSigner, rsa_public_op
@@ -670,46 +671,121 @@ def verify_signed_dynamic_data(
 
 # --- static data to be authenticated (Book 3 10.3) ---------------------------
 
-_AIP_TAG = b"\x82"
-_RECORD_TEMPLATE = b"\x70"
-_LAST_TEMPLATE_SFI = 10
+AIP_TAG = b"\x82"  # the only tag the SDA Tag List (9F4A) may hold
+RECORD_TEMPLATE_TAG = 0x70  # READ RECORD response template
+LAST_TEMPLATE_SFI = 10  # SFIs 1..10 hold tag-70 templates; 11..30 are signed whole
+MAX_SFI = 30
+
+
+class OdaRecord(NamedTuple):
+    """One record the AFL marks for offline data authentication (Book 3 10.2 / 10.3).
+
+    An ``(sfi, number, data)`` triple: ``data`` is the record as READ RECORD
+    returns it (tag ``70``, length, value); ``number`` is the record number
+    when the caller knows it, and errors then name the record as
+    ``record SSRR`` (SFI and record number in hex).  A named tuple rather than
+    a dataclass because one is built per ODA record of every prepared card.
+
+    Example:
+        >>> OdaRecord(2, 1, bytes.fromhex("70035A0112")).label
+        'record 0201'
+    """
+
+    sfi: int
+    number: int | None
+    data: bytes
+
+    @property
+    def label(self) -> str:
+        """``record SSRR`` when the number is known, else ``record``."""
+        if self.number is None:
+            return "record"
+        return f"record {self.sfi:02X}{self.number:02X}"
+
+    def error(self, detail: str) -> InvalidInputError:
+        """An error naming this record (by SFI in the detail when its number is unknown)."""
+        if self.number is None:
+            return InvalidInputError(self.label, f"SFI {self.sfi}: {detail}")
+        return InvalidInputError(self.label, detail)
+
+
+def authenticated_record_data(record: OdaRecord) -> bytes:
+    """What one ODA record contributes to the static data to be authenticated (Book 3 10.3).
+
+    SFI 1..10: the record must be exactly one tag-``70`` template and only its
+    value is used (the ``70`` tag and its length are stripped); anything else
+    makes offline data authentication fail.  SFI 11..30: the whole record,
+    tag and length included.
+
+    Example:
+        >>> authenticated_record_data(OdaRecord(2, 1, bytes.fromhex("70035A0112"))).hex()
+        '5a0112'
+        >>> authenticated_record_data(OdaRecord(11, 1, bytes.fromhex("70035A0112"))).hex()
+        '70035a0112'
+        >>> authenticated_record_data(OdaRecord(2, 1, bytes.fromhex("70035A01125A00")))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.InvalidInputError: record 0201: data after the tag-70 template
+    """
+    sfi, data = record.sfi, record.data
+    if not 1 <= sfi <= MAX_SFI:
+        raise InvalidInputError("sfi", f"{sfi} is not 1..{MAX_SFI}")
+    if sfi > LAST_TEMPLATE_SFI:
+        return bytes(data)
+    if not data or data[0] != RECORD_TEMPLATE_TAG:
+        raise record.error("ODA record in SFI 1..10 is not a tag-70 template")
+    try:
+        items = decode_tlv(data)
+    except InvalidInputError as exc:
+        raise record.error(f"malformed tag-70 template ({exc})") from None
+    if len(items) != 1:
+        raise record.error("data after the tag-70 template")
+    return items[0].value
 
 
 def static_data_to_authenticate(
-    records: Iterable[tuple[int, bytes]], sda_tag_list: bytes = b"", aip: bytes = b""
+    records: Iterable[OdaRecord | tuple[int, bytes]],
+    sda_tag_list: bytes | None = b"",
+    aip: bytes = b"",
 ) -> bytes:
     """The input to the SSAD / ICC certificate hash (EMV Book 3 section 10.3).
 
-    ``records`` are (SFI, record) in AFL order, for the records the AFL marks
-    for offline data authentication, each record as READ RECORD returns it
-    (tag ``70``, length, value).  For SFI 1..10 only the value of the ``70``
-    template is used; for SFI 11..30 the whole record.  Then, if the SDA Tag
-    List is present (it may only be ``82``), the value of the AIP.
+    ``records`` are the records the AFL marks for offline data authentication,
+    in AFL order, each as an :class:`OdaRecord` or an ``(SFI, record)`` pair
+    (record number unknown), the record as READ RECORD returns it (tag ``70``,
+    length, value).  Each contributes :func:`authenticated_record_data`: for
+    SFI 1..10 only the value of the ``70`` template, for SFI 11..30 the whole
+    record.  Then, if the SDA Tag List (``9F4A``) is present (``None`` or
+    empty when absent; it may only be ``82``), the 2-byte value of the AIP.
+
+    Errors are :class:`~pipeline.errors.InvalidInputError` naming the record
+    (``record SSRR`` when its number is known), ``sfi``, ``sda tag list`` or
+    ``aip``.  :func:`pipeline.prep.static_data.static_data_to_authenticate`
+    walks the AFL and calls this function.
 
     Example:
         >>> records = [(1, bytes.fromhex("70035A0112")), (11, bytes.fromhex("7001AA"))]
         >>> static_data_to_authenticate(records, b"\\x82", b"\\x19\\x80").hex()
         '5a01127001aa1980'
+        >>> truncated = OdaRecord(2, 1, bytes.fromhex("7005AA"))
+        >>> static_data_to_authenticate([truncated])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.InvalidInputError: record 0201: malformed tag-70 template (tlv: ...)
     """
-    parts: list[bytes] = []
-    for sfi, record in records:
-        if not 1 <= sfi <= 30:
-            raise InvalidInputError("sfi", f"{sfi} is not 1..30")
-        if sfi > _LAST_TEMPLATE_SFI:
-            parts.append(bytes(record))
-            continue
-        objects = decode_tlv(record)
-        if len(objects) != 1 or objects[0].tag != _RECORD_TEMPLATE:
-            raise InvalidInputError(
-                "record", f"SFI {sfi}: an authenticated record must be one '70' template"
-            )
-        parts.append(objects[0].value)
+    parts = [
+        authenticated_record_data(
+            record if isinstance(record, OdaRecord) else OdaRecord(record[0], None, record[1])
+        )
+        for record in records
+    ]
     if sda_tag_list:
-        if bytes(sda_tag_list) != _AIP_TAG:
+        tag_list = bytes(sda_tag_list)
+        if tag_list != AIP_TAG:
             raise InvalidInputError(
-                "sda tag list", f"{bytes(sda_tag_list).hex().upper()}: only '82' (AIP) is allowed"
+                "sda tag list", f"9F4A holds {tag_list.hex().upper()}; only tag 82 (AIP) is allowed"
             )
         if len(aip) != 2:
-            raise InvalidInputError("aip", f"{len(aip)} bytes, expected 2")
+            raise InvalidInputError("aip", f"82 (AIP) must be 2 bytes, got {len(aip)}")
         parts.append(bytes(aip))
     return b"".join(parts)

@@ -16,6 +16,12 @@ ODA, in AFL order, then the values of the tags in the SDA Tag List
 * The SDA Tag List may contain only the tag of the AIP (``82``); its value
   (2 bytes) is appended.
 
+This module only walks the AFL (which records, in which order); the 10.3
+rule itself is :func:`pipeline.crypto.emv_certs.static_data_to_authenticate`,
+the one implementation, whose errors this module re-raises as
+:class:`~pipeline.errors.PreparationError` (same field and detail, e.g.
+``record 0201: data after the tag-70 template``).
+
 The ICC public key certificate (RSA, Book 2 6.3 / Table 14) and the PBOC SM2
 format-14 certificate sign this data, so it is computed after the records
 and the AIP are final and must not include the certificate's own record.
@@ -33,10 +39,11 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from pipeline.crypto.tlv import decode_tlv
+from pipeline.crypto import emv_certs
+from pipeline.crypto.emv_certs import AIP_TAG, RECORD_TEMPLATE_TAG, OdaRecord
 from pipeline.errors import InvalidInputError, PreparationError
 
 __all__ = [
@@ -45,14 +52,12 @@ __all__ = [
     "AflEntry",
     "build_afl",
     "oda_record_data",
+    "oda_records",
     "parse_afl",
     "static_data_to_authenticate",
 ]
 
-AIP_TAG = b"\x82"
-RECORD_TEMPLATE_TAG = 0x70
-LAST_TEMPLATE_SFI = 10  # Book 3 10.3: SFIs 1..10 hold tag-70 templates
-MAX_SFI = 30
+MAX_SFI = emv_certs.MAX_SFI
 AFL_ENTRY_LENGTH = 4
 
 
@@ -149,26 +154,49 @@ def oda_record_data(sfi: int, record_number: int, record: bytes) -> bytes:
     """What one ODA record contributes to the static data (Book 3 10.3).
 
     SFI 1..10: the value of the tag-70 template (which must be the whole
-    record); SFI 11..30: the record as read.
+    record); SFI 11..30: the record as read.  The rule is
+    :func:`pipeline.crypto.emv_certs.authenticated_record_data`; its errors
+    come back as PreparationError naming the record.
 
     Example:
         >>> oda_record_data(2, 1, bytes.fromhex("70035A0112")).hex()
         '5a0112'
         >>> oda_record_data(11, 1, bytes.fromhex("70035A0112")).hex()
         '70035a0112'
+        >>> oda_record_data(2, 1, bytes.fromhex("70035A01125A00"))
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.PreparationError: record 0201: data after the tag-70 template
     """
-    if sfi > LAST_TEMPLATE_SFI:
-        return bytes(record)
-    where = f"record {sfi:02X}{record_number:02X}"
-    if not record or record[0] != RECORD_TEMPLATE_TAG:
-        raise PreparationError(where, "ODA record in SFI 1..10 is not a tag-70 template")
     try:
-        items = decode_tlv(record)
+        return emv_certs.authenticated_record_data(OdaRecord(sfi, record_number, record))
     except InvalidInputError as exc:
-        raise PreparationError(where, f"malformed template: {exc}") from None
-    if len(items) != 1:
-        raise PreparationError(where, "data after the tag-70 template")
-    return items[0].value
+        raise PreparationError(exc.field, exc.detail) from None
+
+
+def oda_records(afl: bytes, records: Mapping[tuple[int, int], bytes]) -> Iterator[OdaRecord]:
+    """The records the AFL marks for ODA, in AFL order (Book 3 10.2, 10.3).
+
+    Each AFL entry contributes its first ``oda_records`` records; ``records``
+    maps ``(sfi, record)`` to the record bytes.  A named record missing from
+    ``records`` raises PreparationError (field ``afl``) when the walk reaches
+    it, so with several faults the first one in AFL order is reported.
+
+    Example:
+        >>> afl = bytes.fromhex("0801010010010202")
+        >>> empty = bytes.fromhex("7000")
+        >>> found = oda_records(afl, {(1, 1): empty, (2, 1): empty, (2, 2): empty})
+        >>> [r.label for r in found]
+        ['record 0201', 'record 0202']
+    """
+    for entry in _parse_afl_once(bytes(afl)):
+        for number in range(entry.first_record, entry.first_record + entry.oda_records):
+            record = records.get((entry.sfi, number))
+            if record is None:
+                raise PreparationError(
+                    "afl", f"ODA record {entry.sfi:02X}{number:02X} is not among the card's records"
+                )
+            yield OdaRecord(entry.sfi, number, record)
 
 
 def static_data_to_authenticate(
@@ -181,23 +209,26 @@ def static_data_to_authenticate(
 
     ``records`` maps ``(sfi, record)`` to the record bytes (tag-70 template).
     ``sda_tag_list`` is the value of ``9F4A`` (``None`` or empty when absent);
-    it may contain only ``82``.
+    it may contain only ``82``.  :func:`oda_records` picks the records;
+    :func:`pipeline.crypto.emv_certs.static_data_to_authenticate` applies the
+    10.3 rule; its errors come back as PreparationError with the same field.
+
+    Example:
+        >>> records = {(2, 1): bytes.fromhex("70035A0112"), (11, 1): bytes.fromhex("7001AA")}
+        >>> afl, sda, aip = bytes.fromhex("1001010158010101"), b"\\x82", b"\\x3c\\x00"
+        >>> static_data_to_authenticate(afl, records, sda, aip).hex()
+        '5a01127001aa3c00'
+        >>> records[(2, 1)] = bytes.fromhex("70035A01125A00")
+        >>> static_data_to_authenticate(afl, records, sda, aip)
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.PreparationError: record 0201: data after the tag-70 template
+        >>> static_data_to_authenticate(afl, {}, sda, aip)
+        Traceback (most recent call last):
+        ...
+        pipeline.errors.PreparationError: afl: ODA record 0201 is not among the card's records
     """
-    parts: list[bytes] = []
-    for entry in _parse_afl_once(bytes(afl)):
-        for number in range(entry.first_record, entry.first_record + entry.oda_records):
-            record = records.get((entry.sfi, number))
-            if record is None:
-                raise PreparationError(
-                    "afl", f"ODA record {entry.sfi:02X}{number:02X} is not among the card's records"
-                )
-            parts.append(oda_record_data(entry.sfi, number, record))
-    if sda_tag_list:
-        if bytes(sda_tag_list) != AIP_TAG:
-            raise PreparationError(
-                "9F4A", f"SDA tag list may contain only tag 82, got {bytes(sda_tag_list).hex()}"
-            )
-        if len(aip) != 2:
-            raise PreparationError("82", f"AIP must be 2 bytes, got {len(aip)}")
-        parts.append(bytes(aip))
-    return b"".join(parts)
+    try:
+        return emv_certs.static_data_to_authenticate(oda_records(afl, records), sda_tag_list, aip)
+    except InvalidInputError as exc:
+        raise PreparationError(exc.field, exc.detail) from None

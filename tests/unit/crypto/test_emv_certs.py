@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from pipeline.crypto.emv_certs import (
     ICC_KEY_OVERHEAD,
     ISSUER_KEY_OVERHEAD,
+    OdaRecord,
+    authenticated_record_data,
     build_icc_certificate,
     build_issuer_certificate,
     build_signed_dynamic_data,
@@ -430,7 +432,8 @@ def test_static_data_to_authenticate_rules() -> None:
         ([(31, bytes.fromhex("7001AA"))], b"", b"", "sfi"),
         ([], b"\x9f\x36", b"\x19\x80", "sda tag list"),
         ([], b"\x82", b"\x19", "aip"),
-        ([(1, bytes.fromhex("7005AA"))], b"", b"", "tlv"),
+        # a malformed template was reported as "tlv: ..."; it now names the record too
+        ([(1, bytes.fromhex("7005AA"))], b"", b"", r"record: SFI 1: malformed .*\(tlv: offset 2"),
     ],
 )
 def test_static_data_to_authenticate_refuses(
@@ -438,6 +441,34 @@ def test_static_data_to_authenticate_refuses(
 ) -> None:
     with pytest.raises(InvalidInputError, match=f"^{field}:"):
         static_data_to_authenticate(records, tag_list, aip)
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (OdaRecord(2, 1, bytes.fromhex("5A0112")), "record 0201: ODA record in SFI 1..10 is not"),
+        (OdaRecord(10, 0xA3, b""), "record 0AA3: ODA record in SFI 1..10 is not"),
+        (OdaRecord(3, 2, bytes.fromhex("7001AA7001BB")), "record 0302: data after the tag-70"),
+        (OdaRecord(1, 0x10, bytes.fromhex("7005AA")), r"record 0110: malformed .*\(tlv: "),
+        (OdaRecord(31, 1, bytes.fromhex("7001AA")), "sfi: 31 is not 1..30"),
+    ],
+)
+def test_static_data_errors_name_the_record(record: OdaRecord, message: str) -> None:
+    """With the record number known, errors say ``record SSRR`` (as READ RECORD P2/P1 would)."""
+    with pytest.raises(InvalidInputError, match=f"^{message}"):
+        static_data_to_authenticate([(1, bytes.fromhex("7001AA")), record], b"\x82", b"\x19\x80")
+    with pytest.raises(InvalidInputError, match=f"^{message}"):
+        authenticated_record_data(record)
+
+
+def test_static_data_same_bytes_from_records_and_pairs() -> None:
+    """An OdaRecord and an (SFI, record) pair contribute the same bytes; None means no 9F4A."""
+    r1, r11 = bytes.fromhex("70035A0112"), bytes.fromhex("7001AA")
+    typed = [OdaRecord(1, 1, r1), OdaRecord(11, 7, r11)]
+    assert static_data_to_authenticate(typed, None, b"\x19\x80") == r1[2:] + r11
+    assert static_data_to_authenticate(typed, b"\x82", b"\x19\x80") == (
+        static_data_to_authenticate([(1, r1), (11, r11)], b"\x82", b"\x19\x80")
+    )
 
 
 class _PowSigner:
