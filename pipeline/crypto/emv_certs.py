@@ -193,7 +193,7 @@ def import_ca_public_key(  # noqa: PLR0917 - positional order is the issue 3 con
 ) -> CaPublicKey:
     """Accept a CA public key only if its checksum matches (Book 2 11.2.2).
 
-    Example (doctest ELLIPSIS):
+    Example:
         >>> import_ca_public_key(bytes.fromhex("A000000003"), b"\\x94", b"\\xff", b"\\x03",
         ...     bytes(20))
         Traceback (most recent call last):

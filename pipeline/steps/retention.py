@@ -45,7 +45,7 @@ hold the matching ``retention.purge`` event; then
 Example:
     >>> is_due("2026-01-01T00:00:00Z", 30, datetime(2026, 2, 1, tzinfo=UTC))
     True
-    >>> is_due("2026-01-01T00:00:00Z", 31, datetime(2026, 2, 1, tzinfo=UTC))
+    >>> is_due("2026-01-01T00:00:00Z", 32, datetime(2026, 2, 1, tzinfo=UTC))
     False
 """
 
