@@ -139,28 +139,19 @@ def pool_status(settings: Settings) -> list[dict[str, Any]]:
 # --- shard side -------------------------------------------------------------------------------
 
 
-def dry_policy(icc_key: IccKeySpec | Any) -> DryPolicy:
-    """The profile's policy for a dry pool: ``icc_key.pool_empty`` (inline | fail), default inline.
+def dry_policy(icc_key: IccKeySpec) -> DryPolicy:
+    """The profile's policy for a dry pool: ``icc_key.pool_empty`` (inline | fail).
 
-    A loaded profile's :class:`IccKeySpec` carries the validated policy; any
-    other object is read duck-typed (``pool_empty`` a DryPolicy, its value or
-    absent), as tests/unit/keys/test_pool_cli.py still exercises.
+    The loader validated it (default inline; refused unless ``source: pool``).
 
     Example:
         >>> from pipeline.profiles.model import IccKeyAlgorithm, IccKeySource
         >>> spec = IccKeySpec(IccKeyAlgorithm.SM2, None, None, IccKeySource.POOL, (0x8100,),
         ...                   DryPolicy.FAIL)
-        >>> dry_policy(spec).value, dry_policy(object()).value
-        ('fail', 'inline')
+        >>> dry_policy(spec).value
+        'fail'
     """
-    if isinstance(icc_key, IccKeySpec):
-        return icc_key.pool_empty
-    value = getattr(icc_key, "pool_empty", None)
-    if value is None:
-        return DryPolicy.INLINE
-    if isinstance(value, DryPolicy):
-        return value
-    return DryPolicy(getattr(value, "value", value))
+    return icc_key.pool_empty
 
 
 def begin_shard(settings: Settings, batch_id: str, shard: int | str) -> dict[str, int]:

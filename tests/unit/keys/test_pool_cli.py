@@ -10,8 +10,8 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +22,7 @@ from pipeline.keys import open_store
 from pipeline.keys.demo import init_demo_store
 from pipeline.keys.pool import DryPolicy, PoolSpec, pool_path
 from pipeline.keys.settings import load_settings, parse_settings
+from pipeline.profiles.model import IccKeyAlgorithm, IccKeySource, IccKeySpec
 from pipeline.steps.keypool import (
     begin_shard,
     default_tk,
@@ -157,13 +158,9 @@ def test_default_tk_and_dry_policy() -> None:
     with pytest.raises(ConfigError):
         default_tk(parse_settings({"environment": "production"}), "rsa")
 
-    class Spec:
-        pool_empty: Any = "fail"
-
-    assert dry_policy(Spec()) is DryPolicy.FAIL
-    assert dry_policy(object()) is DryPolicy.INLINE
-    Spec.pool_empty = DryPolicy.INLINE
-    assert dry_policy(Spec()) is DryPolicy.INLINE
+    sm2 = IccKeySpec(IccKeyAlgorithm.SM2, None, None, IccKeySource.POOL, (0x8100,))
+    assert dry_policy(sm2) is DryPolicy.INLINE  # the default
+    assert dry_policy(replace(sm2, pool_empty=DryPolicy.FAIL)) is DryPolicy.FAIL
 
 
 def test_progress_lines_without_a_terminal() -> None:
