@@ -17,6 +17,18 @@ Without the Connection (the demo on embedded defaults) the settings file
 alone decides: the soft store opens with its demo passphrase file.  With
 ``required=True`` a missing Connection is an error (production DAGs).
 
+One soft store per process (issue 7): opening the soft store derives its
+HMK through scrypt (~0.12 s here).  ``airflow dags test`` runs every task of
+a run one after another in one process, so :meth:`KeyStoreHook.session`
+keeps the soft store it opened in *this process's memory* (never on disk,
+never in XCom) and hands it to the next session with the same settings,
+Connection secret and store file, after :meth:`refresh` (records and
+working keys are read and unwrapped again, as on a fresh open).  The
+store's working keys are dropped at the end of each session; only the
+store (its HMK) stays.  A session that fails closes and forgets its store.
+Under an executor each task is a process of its own and this changes
+nothing.  PKCS#11 stores are opened and closed per session, as before.
+
 Example (in a task)::
 
     with KeyStoreHook().session() as (settings, store):
@@ -25,6 +37,7 @@ Example (in a task)::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +50,61 @@ if TYPE_CHECKING:
     from pipeline.keys import KeyStore
     from pipeline.keys.settings import Settings
 
-__all__ = ["KeyStoreHook"]
+__all__ = ["KeyStoreHook", "forget_open_stores"]
+
+#: Soft stores this process opened, by :func:`_reuse_key` (process memory only).
+_OPEN_STORES: dict[tuple[Any, ...], KeyStore] = {}
+
+
+def forget_open_stores() -> None:
+    """Close and forget every soft store kept open by :meth:`KeyStoreHook.session`.
+
+    Example::
+
+        forget_open_stores()   # the next session derives the HMK again
+    """
+    while _OPEN_STORES:
+        _, store = _OPEN_STORES.popitem()
+        store.close()
+
+
+def _drop_working_keys(store: KeyStore) -> None:
+    """Forget the store's cached records and unwrapped keys (soft store: ``refresh``)."""
+    refresh = getattr(store, "refresh", None)
+    if refresh is not None:
+        refresh()
+
+
+def _file_id(path: Path | None) -> tuple[int, int, int, int] | None:
+    """Device, inode, size and mtime of ``path`` (None when absent): a replaced file differs."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _reuse_key(conn_id: str, settings: Settings, secret: Any) -> tuple[Any, ...] | None:
+    """What a kept soft store must match to be handed out again; None: never keep it.
+
+    The settings (all of them), the Connection, a digest of its secret (never
+    the secret itself), and the identity of the store file (a re-created store
+    is a new inode) and of the passphrase file.  Example::
+
+        _reuse_key("cardprep_keystore", settings, None)   # (..., (dev, ino, ...), ...)
+    """
+    from pipeline.keys.settings import Backend  # noqa: PLC0415 (parse time)
+
+    ks = settings.key_store
+    if ks.backend is not Backend.SOFT:
+        return None
+    store_id = _file_id(ks.path)
+    if store_id is None:
+        return None
+    digest = hashlib.sha256(str(secret).encode("utf-8")).hexdigest() if secret else None
+    return (conn_id, repr(settings), store_id[:2], _file_id(ks.passphrase_file), digest)
 
 
 class KeyStoreHook(BaseHook):
@@ -86,31 +153,58 @@ class KeyStoreHook(BaseHook):
 
     @contextmanager
     def session(self) -> Iterator[tuple[Settings, KeyStore]]:
-        """``(settings, open store)`` for one task; the store is closed afterwards."""
+        """``(settings, open store)`` for one task.
+
+        A soft store stays open in this process for the next session (see the
+        module docstring) with its working keys dropped; any other store, and
+        any store whose session failed, is closed.
+        """
         conn = self._connection()
         settings = self._settings_of(conn)
-        store = self._open(conn, settings)
+        key = _reuse_key(
+            self.cardprep_conn_id if conn is not None else "", settings,
+            conn.password if conn is not None else None,
+        )  # fmt: skip
+        store = _OPEN_STORES.pop(key, None) if key is not None else None
+        if store is not None:
+            _drop_working_keys(store)
+            self._log_source("reusing the key store this process opened,", conn, settings)
+        else:
+            store = self._open(conn, settings)
         try:
             yield settings, store
-        finally:
+        except BaseException:
             store.close()
+            raise
+        if key is None:
+            store.close()
+            return
+        _drop_working_keys(store)
+        for stale in [k for k in _OPEN_STORES if k[0] == key[0]]:  # one kept store per Connection
+            _OPEN_STORES.pop(stale).close()
+        _OPEN_STORES[key] = store
 
     def open_store(self) -> KeyStore:
         """Open the configured key store (the caller closes it)."""
         conn = self._connection()
         return self._open(conn, self._settings_of(conn))
 
+    def _log_source(self, what: str, conn: Any | None, settings: Settings) -> None:
+        """One log line: backend, Connection and *whether* it gave a secret (never the secret)."""
+        self.log.info(
+            "%s backend=%s from connection %s (secret from connection: %s)",
+            what,
+            settings.key_store.backend.value,
+            self.cardprep_conn_id if conn is not None else "<none: settings file>",
+            "yes" if conn is not None and conn.password else "no",
+        )
+
     def _open(self, conn: Any | None, settings: Settings) -> KeyStore:
         """The secret, if any, comes from the Connection password and goes to open_store only."""
         from pipeline.keys import open_store  # noqa: PLC0415 (parse time)
 
         secret = conn.password if conn is not None else None
-        self.log.info(
-            "opening key store backend=%s from connection %s (secret from connection: %s)",
-            settings.key_store.backend.value,
-            self.cardprep_conn_id if conn is not None else "<none: settings file>",
-            "yes" if secret else "no",
-        )
+        self._log_source("opening key store", conn, settings)
         if not secret:
             return open_store(settings)
         from airflow.sdk.log import mask_secret  # noqa: PLC0415
