@@ -59,6 +59,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowSkipException
 from cardprep_airflow import dagconfig
 from cardprep_airflow.failures import fail_fast_on_permanent_errors
+from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
 from cardprep_airflow.inbound import resolve_inbound_file
 from cardprep_airflow.xcom import as_list
@@ -225,3 +226,4 @@ def build(issuer: str) -> Any:
 
 for _issuer in dagconfig.issuer_ids():
     globals()[f"card_batch_{_issuer.replace('-', '_')}"] = build(_issuer)
+settle_long_lived_heap()  # gc off Airflow's long-lived objects (cardprep_airflow/heap.py)

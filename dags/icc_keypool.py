@@ -21,6 +21,7 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from cardprep_airflow import dagconfig
 from cardprep_airflow.failures import fail_fast_on_permanent_errors
+from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
 
 CFG = dagconfig.load()
@@ -81,3 +82,4 @@ def icc_keypool() -> None:
 
 
 icc_keypool()
+settle_long_lived_heap()  # gc off Airflow's long-lived objects (cardprep_airflow/heap.py)

@@ -19,6 +19,7 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from cardprep_airflow import dagconfig
+from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
 
 CFG = dagconfig.load()
@@ -62,3 +63,4 @@ def key_health() -> None:
 
 
 key_health()
+settle_long_lived_heap()  # gc off Airflow's long-lived objects (cardprep_airflow/heap.py)

@@ -32,6 +32,7 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from cardprep_airflow import dagconfig
 from cardprep_airflow.failures import fail_fast_on_permanent_errors
+from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
 
 CFG = dagconfig.load()
@@ -87,3 +88,4 @@ def retention() -> None:
 
 
 retention()
+settle_long_lived_heap()  # gc off Airflow's long-lived objects (cardprep_airflow/heap.py)
