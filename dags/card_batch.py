@@ -19,7 +19,8 @@ the same functions):
 1. `wait_for_files` - `detect`: new files (or the one named in `file`)
 2. `verify_and_parse` (one per file) - header/trailer/hash total before any
    cryptography, validation, sealed staging; a published batch is refused
-   unless `force` (then audited)
+   unless `force` (then audited), except one whose reconcile was cut short
+   (killed after the manifest): that run only finishes `reconcile`
 3. `plan_shards` - cut valid records into shards of `shard_size`
 4. `prepare` (mapped, pool `hsm`) - one shard per task; a process pool uses
    every core of the worker
@@ -142,9 +143,20 @@ def build(issuer: str) -> Any:
 
         @task(multiple_outputs=False)
         def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from pipeline.steps.batch import pending_reconcile  # noqa: PLC0415
             from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
 
             assert params is not None
+            if not params["force"] and not params["dry_run"]:
+                with fail_fast_on_permanent_errors():
+                    resumed = pending_reconcile(issuer, path, KeyStoreHook().settings())
+                if resumed is not None:  # killed after publish: only reconcile is left
+                    log.warning(
+                        "batch %s is published but its reconcile did not finish: "
+                        "finishing it, nothing is prepared again",
+                        resumed["batch_id"],
+                    )
+                    return resumed
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(issuer, path, settings, force=params["force"],
                             stage=not params["dry_run"], store=store)  # fmt: skip
@@ -159,7 +171,8 @@ def build(issuer: str) -> Any:
             if params["dry_run"]:
                 return []
             with fail_fast_on_permanent_errors():
-                return [s for p in as_list(parsed) for s in step(p, int(params["shard_size"]))]
+                return [s for p in as_list(parsed) if not p.get("resume")
+                        for s in step(p, int(params["shard_size"]))]  # fmt: skip
 
         @task(
             multiple_outputs=False,
@@ -186,6 +199,9 @@ def build(issuer: str) -> Any:
                     f"dry run: batch {parsed['batch_id']} verified "
                     f"({parsed['records']} records, {parsed['rejected']} rejected); not published"
                 )
+            if parsed.get("resume") == "reconcile":  # published before; reconcile finishes it
+                return {"batch_id": parsed["batch_id"], "batch_dir": parsed["batch_dir"],
+                        "resumed": "reconcile"}  # fmt: skip
             mine = [r for r in as_list(shard_results) if r["batch_id"] == parsed["batch_id"]]
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(parsed, mine, settings, force=params["force"], store=store)

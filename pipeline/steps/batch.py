@@ -15,7 +15,8 @@ and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
 marker) but before reconcile finished left a published batch with its
 staging; the re-run finishes the idempotent reconcile step (audit once,
 delete staging) without preparing anything, and returns its summary
-(``resumed: "reconcile"``).
+(``resumed: "reconcile"``).  :func:`pending_reconcile` tells the DAG the
+same, so a re-triggered ``card_batch`` run does likewise.
 
 Example:
     >>> summary = run_batch("demo", "inbound/x.dat", load_settings())  # doctest: +SKIP
@@ -44,7 +45,7 @@ from pipeline.steps.prepare import WorkerPool, prepare_shard
 from pipeline.steps.publish import publish
 from pipeline.steps.reconcile import is_unreconciled, reconcile
 
-__all__ = ["run_batch"]
+__all__ = ["pending_reconcile", "run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,39 @@ def run_batch(
     summary["valid"] = parsed["valid"]
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
+
+
+def pending_reconcile(issuer: str, path: str | Path, settings: Settings) -> dict[str, Any] | None:
+    """The parse-step summary of ``path``'s batch if it is published but not reconciled, else None.
+
+    A run killed between the manifest (the commit marker) and the end of
+    reconcile leaves the batch published with its staging
+    (:func:`~pipeline.steps.reconcile.is_unreconciled`).  Preparing it again
+    would be refused (published) or, with ``force``, would burn a new key per
+    card; what is left to do is the idempotent reconcile.  The summary has
+    the keys the DAG's later tasks read (``batch_id``, ``batch_dir``,
+    ``records``, ``valid``, ``rejected``) from the manifest's counts, plus
+    ``resume: "reconcile"``.
+
+    Example:
+        >>> pending_reconcile("demo", "inbound/demo/x.dat", settings)  # doctest: +SKIP
+        {'batch_id': '00ab12cd34ef5678', 'batch_dir': '...', 'resume': 'reconcile', ...}
+    """
+    bs = batch_settings(settings)
+    cfg = load_issuer(issuer, bs.config_dir)
+    paths = bs.paths(cfg.id, batch_id_for(sha256_file(Path(path))))
+    if not is_unreconciled(paths):
+        return None
+    counts = load_manifest(paths.manifest)["counts"]
+    at_validation = int(counts["rejected_at_validation"])
+    return {
+        "batch_id": paths.batch_id,
+        "batch_dir": str(paths.base),
+        "resume": "reconcile",
+        "records": int(counts["in"]),
+        "valid": int(counts["in"]) - at_validation,
+        "rejected": at_validation,
+    }
 
 
 def _resumed(summary: dict[str, Any], manifest_path: Path, started: float) -> dict[str, Any]:

@@ -184,3 +184,62 @@ def test_dry_run_verifies_and_writes_nothing(env: DemoEnv, bag: DagBag, first_ru
     assert sorted((env.storage / "batches" / "demo").iterdir()) == before
     other.unlink()
     other.with_name(other.name + ".expected.json").unlink(missing_ok=True)
+
+
+def test_retrigger_after_a_cut_short_reconcile_only_reconciles(
+    env: DemoEnv, bag: DagBag, first_run: Any
+) -> None:
+    """A run killed between the manifest and the end of reconcile: the re-trigger finishes it.
+
+    The state is made the way a kill leaves it: every step up to publish,
+    no reconcile (staging still there, no ``batch.published`` event).  The
+    re-triggered DAG run must not prepare or publish again (no new keys, the
+    same manifest and parts), must reconcile and audit once, and a further
+    re-trigger is then refused as for any published file.
+    """
+    from pipeline.keys import open_store  # noqa: PLC0415
+    from pipeline.steps.parse import verify_and_parse  # noqa: PLC0415
+    from pipeline.steps.plan import plan_shards  # noqa: PLC0415
+    from pipeline.steps.prepare import prepare_shard  # noqa: PLC0415
+    from pipeline.steps.publish import publish  # noqa: PLC0415
+    from pipeline.steps.reconcile import PUBLISHED_EVENT  # noqa: PLC0415
+
+    cut = env.inbound / "demo" / "cut-short.dat"
+    write_sample("demo", 12, cut, error_rate=0.0, seed=13, config_dir=CONFIG)
+    settings = load_settings(env.settings_path)
+    parsed = verify_and_parse("demo", cut, settings)
+    results = [prepare_shard(shard, settings, 1) for shard in plan_shards(parsed, SHARD)]
+    batch = Path(publish(parsed, results, settings)["batch_dir"])
+    assert (batch / "staging").is_dir()  # what a kill before the end of reconcile leaves
+    manifest = (batch / "manifest.json").read_bytes()
+    parts = {p.name: p.read_bytes() for p in sorted((batch / "parts").iterdir())}
+
+    def published_events() -> int:
+        store = open_store(settings)
+        try:
+            return sum(
+                1 for e in store.audit_trail.events()
+                if e.action == PUBLISHED_EVENT and e.subject == f"batch {parsed['batch_id']}"
+            )  # fmt: skip
+        finally:
+            store.close()
+
+    assert published_events() == 0
+    run = bag.dags["card_batch_demo"].test(
+        run_conf={"file": cut.name, "dry_run": False, "force": False}
+    )
+    assert str(run.state) == "success"
+    states = _task_states(run)
+    assert states[("reconcile", 0)][0] == "success"
+    assert states[("prepare", -1)][0] in ("skipped", "None")  # no shard planned
+    assert not (batch / "staging").exists()
+    assert (batch / "manifest.json").read_bytes() == manifest
+    assert {p.name: p.read_bytes() for p in sorted((batch / "parts").iterdir())} == parts
+    assert published_events() == 1
+    (xcom,) = [v for t, v in _xcoms(run) if t == "summary"]
+    (done,) = json.loads(xcom)["published"]
+    assert done["batch_id"] == parsed["batch_id"] and done["counts"]["in"] == 12
+
+    again = bag.dags["card_batch_demo"].test(run_conf={"file": cut.name})
+    assert str(again.state) == "failed"  # reconciled now: refused like any published file
+    assert published_events() == 1
