@@ -562,6 +562,20 @@ class SoftKeyStore:
         self._cache.clear()
         self._conn.close()
 
+    def checkpoint(self) -> None:
+        """Write the write-ahead log into the database file and empty it, keeping the store open.
+
+        What closing does to the file, for a store that stays open between
+        uses (the Airflow hook keeps one per process): no WAL frames are left
+        beside the path, so a store file replaced meanwhile (restored from a
+        backup, re-created by a ceremony) is opened intact instead of having
+        this file's log replayed into it (SQLite finds ``-wal`` by path).
+
+        Example:
+            >>> store.checkpoint()  # doctest: +SKIP
+        """
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def __enter__(self) -> SoftKeyStore:
         return self
 

@@ -75,6 +75,17 @@ def _drop_working_keys(store: KeyStore) -> None:
         refresh()
 
 
+def _checkpoint(store: KeyStore) -> None:
+    """Empty the soft store's write-ahead log into its file (``SoftKeyStore.checkpoint``).
+
+    A kept store would otherwise leave ``keys.db-wal`` beside the path, and a
+    store file replaced before the next session would have it replayed into it.
+    """
+    checkpoint = getattr(store, "checkpoint", None)
+    if checkpoint is not None:
+        checkpoint()
+
+
 def _file_id(path: Path | None) -> tuple[int, int, int, int] | None:
     """Device, inode, size and mtime of ``path`` (None when absent): a replaced file differs."""
     if path is None:
@@ -166,20 +177,24 @@ class KeyStoreHook(BaseHook):
             conn.password if conn is not None else None,
         )  # fmt: skip
         store = _OPEN_STORES.pop(key, None) if key is not None else None
+        reused = store is not None
         if store is not None:
-            _drop_working_keys(store)
             self._log_source("reusing the key store this process opened,", conn, settings)
         else:
             store = self._open(conn, settings)
         try:
+            if reused:
+                _drop_working_keys(store)
             yield settings, store
+            if key is not None:
+                _drop_working_keys(store)
+                _checkpoint(store)  # no WAL left beside the path while it stays open
         except BaseException:
             store.close()
             raise
         if key is None:
             store.close()
             return
-        _drop_working_keys(store)
         for stale in [k for k in _OPEN_STORES if k[0] == key[0]]:  # one kept store per Connection
             _OPEN_STORES.pop(stale).close()
         _OPEN_STORES[key] = store

@@ -288,20 +288,15 @@ def test_a_store_file_replaced_on_disk_opens_a_fresh_store(
     assert _closed(first) and list(_OPEN_STORES.values()) == [second]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(sqlite3.DatabaseError, AssertionError),
-    reason="BUG (hooks.py 05c2e40): the kept store's live WAL (keys.db-wal/-shm, by path) is "
-    "read by the fresh store opened on the replacing file: integrity_check fails, then "
-    "'database disk image is malformed'; a store closed per session left no WAL behind",
-)
 def test_a_store_replaced_after_a_session_that_wrote_to_it_opens_intact(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """As above, but the first session wrote to the store (a task that generates a key).
 
-    Closed per session, the store checkpointed and removed its WAL; kept open,
-    its WAL stays beside the path and belongs to the replaced file, not the new one.
+    Closed per session, the store checkpointed and removed its WAL; a kept
+    store must leave none either (the hook checkpoints it at the session's
+    end), or the fresh store opened on the replacing file replays the old
+    file's log ("database disk image is malformed").
     """
     env = make_demo_env(tmp_path / "env", cards=1)
     path = env.root / "keys" / "keys.db"
@@ -309,7 +304,8 @@ def test_a_store_replaced_after_a_session_that_wrote_to_it_opens_intact(
     with KeyStoreHook().session() as (_, first):
         first.generate("written-k1", KeyAlgorithm.AES256, KeyUsage.D0, KeyRole.DATA,
                        "issuer:t", actor="user:test")  # fmt: skip
-    assert Path(f"{path}-wal").stat().st_size > 0  # the kept store's uncheckpointed write
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed at the session's end
     _replace_store(path, tmp_path / "new")
     with KeyStoreHook().session() as (_, second):
         assert second is not first
@@ -334,6 +330,21 @@ def test_a_failed_session_closes_its_store_and_the_next_one_opens_a_fresh_store(
     assert _closed(second) and not _OPEN_STORES
     with KeyStoreHook().session() as (_, third):
         assert third is not second and not _closed(third)
+
+
+def test_a_kept_store_that_cannot_be_refreshed_is_closed_not_kept(
+    connection: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with KeyStoreHook().session() as (_, first):
+        pass
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(first, "refresh", broken)
+    with pytest.raises(sqlite3.OperationalError), KeyStoreHook().session():
+        pytest.fail("the session body must not run on a store whose keys were not dropped")
+    assert _closed(first) and not _OPEN_STORES
 
 
 def test_forget_open_stores_closes_them_and_the_next_session_opens_afresh(
