@@ -51,7 +51,6 @@ from typing import Any
 from airflow.sdk import (
     Asset,
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
     Param,
     PokeReturnValue,
     dag,
@@ -79,9 +78,7 @@ def build(issuer: str) -> Any:
     @dag(
         dag_id=f"card_batch_{issuer}",
         schedule=AssetOrTimeSchedule(
-            timetable=CronTriggerTimetable(
-                str(SECTION.get("schedule", "30 1 * * *")), timezone="UTC"
-            ),
+            timetable=dagconfig.nightly(str(SECTION.get("schedule", "30 1 * * *"))),
             assets=inbound,
         ),
         catchup=False,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 from cardprep_airflow import dagconfig
 from cardprep_airflow.failures import fail_fast_on_permanent_errors
 from cardprep_airflow.heap import settle_long_lived_heap
@@ -42,7 +42,7 @@ POOL_SCHEMA = {
 
 @dag(
     dag_id="icc_keypool",
-    schedule=CronTriggerTimetable(str(SECTION.get("schedule", "0 22 * * *")), timezone="UTC"),
+    schedule=dagconfig.nightly(str(SECTION.get("schedule", "0 22 * * *"))),
     catchup=False,
     max_active_runs=1,
     default_args=CFG.default_args(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 from cardprep_airflow import dagconfig
 from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dag(
     dag_id="key_health",
-    schedule=CronTriggerTimetable(SECTION.get("schedule", "0 6 * * *"), timezone="UTC"),
+    schedule=dagconfig.nightly(str(SECTION.get("schedule", "0 6 * * *"))),
     catchup=False,
     max_active_runs=1,
     default_args=CFG.default_args(),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow.sdk import CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 from cardprep_airflow import dagconfig
 from cardprep_airflow.failures import fail_fast_on_permanent_errors
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 @dag(
     dag_id="retention",
-    schedule=CronTriggerTimetable(str(SECTION.get("schedule", "0 3 * * *")), timezone="UTC"),
+    schedule=dagconfig.nightly(str(SECTION.get("schedule", "0 3 * * *"))),
     catchup=False,
     max_active_runs=1,
     default_args=CFG.default_args(),

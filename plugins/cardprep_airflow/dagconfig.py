@@ -4,9 +4,9 @@ DAG files read like configuration: they take their schedule, owner, retry
 policy and pool from here, so operators change ``dags.yaml`` rather than
 Python.  DAGs have no ``start_date``: with a cron timetable and no start
 date, unpausing a DAG waits for the next scheduled time instead of running
-the most recent past one at once (``CronTriggerTimetable(run_immediately=
-False)``).  Retries use exponential backoff (``retry_exponential_backoff``)
-from ``retry_delay_seconds`` up to ``max_retry_delay_seconds``.
+the most recent past one at once (:func:`nightly`).  Retries use
+exponential backoff (``retry_exponential_backoff``) from
+``retry_delay_seconds`` up to ``max_retry_delay_seconds``.
 
 Example::
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from airflow.sdk import CronTriggerTimetable
 
 #: The repository root: dags/ and plugins/ live beside config/.
 REPO_ROOT = Path(os.environ.get("CARDPREP_ROOT", Path(__file__).resolve().parents[2]))
@@ -52,6 +53,23 @@ class DagConfig:
                 seconds=int(self.raw.get("max_retry_delay_seconds", 1800))
             ),
         }
+
+
+def nightly(cron: str) -> CronTriggerTimetable:
+    """The cron timetable of a cardprep DAG (UTC) that never runs a past slot on unpausing.
+
+    ``CronTriggerTimetable``'s default (``run_immediately=False``) still runs
+    the most recent past slot when the DAG is first unpaused within a tenth
+    of the cron period after it (2.4 hours for a nightly DAG): unpaused at
+    01:40, a ``30 1 * * *`` batch would start at once and take whatever file
+    is waiting.  ``run_immediately=timedelta(0)`` makes the first run the
+    next slot; a missed night is run by hand (or by the inbound asset event).
+
+    Example::
+
+        nightly("30 1 * * *")   # the first run after unpausing: the next 01:30 UTC
+    """
+    return CronTriggerTimetable(cron, timezone="UTC", run_immediately=timedelta(0))
 
 
 def load(path: Path = DAGS_YAML) -> DagConfig:

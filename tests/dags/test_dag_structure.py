@@ -173,3 +173,41 @@ def test_demo_script_creates_every_pool_the_dags_use(bag: DagBag) -> None:
     script = (REPO / "config/airflow/run_demo.sh").read_text()
     for pool in pools:
         assert f"pools set {pool} " in script, pool
+
+
+def _slot_then(timetable: Any, minutes_after: int) -> tuple[Any, Any]:
+    """(first run the scheduler picks, the most recent past slot) for a DAG first
+    unpaused ``minutes_after`` its last cron slot; the scheduler's own timetable code."""
+    import airflow.timetables.trigger as trigger  # noqa: PLC0415
+    import pendulum  # noqa: PLC0415
+    from airflow.serialization.decoders import decode_timetable  # noqa: PLC0415
+    from airflow.serialization.encoders import encode_timetable  # noqa: PLC0415
+    from airflow.timetables.base import TimeRestriction  # noqa: PLC0415
+
+    core = decode_timetable(encode_timetable(timetable))  # what the scheduler runs
+    cron = getattr(core, "timetable", core)  # AssetOrTimeSchedule wraps the cron timetable
+    slot = cron._align_to_prev(pendulum.datetime(2026, 11, 29, 12, 0, tz="UTC"))
+    now = slot.add(minutes=minutes_after)
+    original = trigger.utcnow
+    trigger.utcnow = lambda: now
+    try:
+        info = core.next_dagrun_info(
+            last_automated_data_interval=None,
+            restriction=TimeRestriction(earliest=None, latest=None, catchup=False),
+        )
+    finally:
+        trigger.utcnow = original
+    assert info is not None
+    return info.run_after, slot
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_unpausing_soon_after_a_slot_waits_for_the_next_one(bag: DagBag, dag_id: str) -> None:
+    """Unpaused 10 minutes after its nightly slot, a DAG does not run that slot at once.
+
+    ``CronTriggerTimetable``'s default would (a tenth of the period is 2.4 h):
+    a card batch unpaused at 01:40 started the 01:30 run and took the waiting
+    file from under the operator's manual trigger.
+    """
+    first, slot = _slot_then(bag.dags[dag_id].timetable, minutes_after=10)
+    assert first > slot, f"{dag_id}: first run at the past slot {slot}"
