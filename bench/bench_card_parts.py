@@ -23,12 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_pboc_card import CONFIG, records
+from bench_pboc_card import demo_store_and_keys, records
 
 from pipeline.crypto import sm2
-from pipeline.keys.demo import init_demo_store
-from pipeline.prep import CardPreparer, PreparerKeys
-from pipeline.profiles import load_product
+from pipeline.prep import CardPreparer
 
 
 def per_call(func: Callable[[Any], object], cards: list[Any], passes: int = 3) -> float:
@@ -48,16 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     cards = records(args.cards)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp)
-        store = init_demo_store(
-            path / "keys.db",
-            CONFIG / "demo" / "keys.yaml",
-            passphrase_file=CONFIG / "demo" / "hmk-passphrase.txt",
-            audit_path=path / "audit.jsonl",
-        )
+        store, profile, keys = demo_store_and_keys(Path(tmp))
         try:
-            profile = load_product("demo-pboc-sm2", CONFIG)
-            keys = PreparerKeys.resolve(store, profile, kek="demo-kek", pan_token="demo-pan-token")
             preparer = CardPreparer(profile, store, keys)
             preparer.prepare(cards[0])  # warm-up: G's table, caches
             spec, (imk_ac, _, _) = profile.key_sets[0], keys.key_sets[0]

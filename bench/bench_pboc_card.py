@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.crypto import sm2
 from pipeline.keys.demo import init_demo_store
@@ -61,6 +62,19 @@ def records(count: int) -> list[CardRecord]:
     ]
 
 
+def demo_store_and_keys(path: Path) -> tuple[Any, Any, PreparerKeys]:
+    """(demo key store in ``path``, demo-pboc-sm2 profile, its resolved keys); close the store."""
+    store = init_demo_store(
+        path / "keys.db",
+        CONFIG / "demo" / "keys.yaml",
+        passphrase_file=CONFIG / "demo" / "hmk-passphrase.txt",
+        audit_path=path / "audit.jsonl",
+    )
+    profile = load_product("demo-pboc-sm2", CONFIG)
+    return store, profile, PreparerKeys.resolve(store, profile, kek="demo-kek",
+                                                 pan_token="demo-pan-token")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cards", type=int, default=2000)
@@ -68,16 +82,8 @@ def main() -> None:
     args = parser.parse_args()
     cards = records(args.cards)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp)
-        store = init_demo_store(
-            path / "keys.db",
-            CONFIG / "demo" / "keys.yaml",
-            passphrase_file=CONFIG / "demo" / "hmk-passphrase.txt",
-            audit_path=path / "audit.jsonl",
-        )
+        store, profile, keys = demo_store_and_keys(Path(tmp))
         try:
-            profile = load_product("demo-pboc-sm2", CONFIG)
-            keys = PreparerKeys.resolve(store, profile, kek="demo-kek", pan_token="demo-pan-token")
             start = time.perf_counter()
             preparer = CardPreparer(profile, store, keys)
             build_s = time.perf_counter() - start
