@@ -16,7 +16,9 @@ copied to another ``label@vN`` verifies.  Only the HMK holder can compute it.
 
 What it does not do: a row MAC cannot tell an old, once-valid row (a restored
 backup of the same ``label@vN``) from the current one, nor notice a deleted
-row; the audit trail records every change for that reconciliation.
+or an added row.  The store-wide inventory MAC (:mod:`pipeline.keys.inventory`)
+covers every row's ``row_mac`` and closes those gaps, except for a rollback
+of the whole database.
 
 Example:
     >>> key = row_mac_key(bytes(32))
@@ -47,6 +49,7 @@ __all__ = [
     "row_mac",
     "row_mac_data",
     "row_mac_key",
+    "tagged_value",
 ]
 
 #: Every column of a ``keys`` row that carries meaning, in MAC order (all but ``row_mac``).
@@ -72,8 +75,15 @@ def row_mac_key(hmk: bytes) -> bytes:
     return hkdf_sha256(hmk, ROW_MAC_INFO, 32)
 
 
-def _tagged(value: object) -> list[object]:
-    """A column value with its SQLite storage class, so a type change alters the MAC."""
+def tagged_value(value: object) -> list[object]:
+    """A column value with its SQLite storage class, so a type change alters a MAC.
+
+    Shared with :mod:`pipeline.keys.inventory`.
+
+    Example:
+        >>> tagged_value(None), tagged_value(7), tagged_value("a"), tagged_value(b"\\x01")
+        (['n'], ['i', 7], ['s', 'a'], ['b', '01'])
+    """
     if value is None:
         return ["n"]
     if isinstance(value, bool):  # never stored; refuse rather than read as an integer
@@ -97,7 +107,7 @@ def row_mac_data(row: Mapping[str, object]) -> bytes:
         >>> row_mac_data(row)[:56]
         b'cardprep-key-row/v1\\x00[["label","s","k"],["version","i",2]'
     """
-    fields = [[name, *_tagged(row[name])] for name in ROW_FIELDS]
+    fields = [[name, *tagged_value(row[name])] for name in ROW_FIELDS]
     return _DOMAIN + json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode()
 
 

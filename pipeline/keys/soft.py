@@ -7,7 +7,7 @@ Storage (stdlib ``sqlite3``, WAL journal, ``secure_delete`` on, one
 connection per store object):
 
 * ``meta``: schema version, the HMK's KCV (AES-CMAC, 5 bytes), the scrypt
-  salt of a demo passphrase HMK.
+  salt of a demo passphrase HMK, and the inventory MAC (below).
 * ``keys``: one row per key version: the record's metadata and
   ``key_block`` = X9.143 / TR-31 version D block under the HMK (AES-256).
   The block's header binds usage, algorithm, mode of use and exportability,
@@ -29,6 +29,29 @@ connection per store object):
   proprietary algorithm code ``4``.  After destruction ``key_block`` is NULL.
 * ``destruction_evidence``: who destroyed which version when, with the KCV
   and the SHA-256 of the erased block.
+
+Inventory MAC (:mod:`pipeline.keys.inventory`): a row MAC cannot tell an
+old, once-valid copy of a row (restored from a backup after the key was
+suspended, deactivated or destroyed, still carrying its key block) from the
+current one, nor notice a deleted row.  ``meta.inventory_mac`` = HMAC-SHA-256
+under HKDF(HMK, "cardprep/inventory-mac") over every other ``meta`` entry,
+the ``(label, version, row_mac)`` of every row and every evidence row.  Every
+write transaction (``BEGIN IMMEDIATE``) first checks it against the tables,
+so tampering is refused rather than blessed, then rewrites it before
+``COMMIT``: readers see a row change and its inventory MAC together, and
+concurrent writers serialize on the lock.  It is checked in full on open, on
+:meth:`SoftKeyStore.refresh`, by ``list()`` and before each write, and again
+whenever a re-read record shows that another process wrote (the stored MAC
+changed); otherwise each re-read row is compared with the remembered
+inventory (one ``meta`` lookup; the cached hot path does no check at all).
+A row added, removed or restored, or a ``meta`` or evidence entry edited,
+outside the store fails with ``key inventory MAC mismatch``.  A store made
+before inventory MACs gets one when first opened read-write, after every row
+MAC verifies, audited as ``store.migrate``; refused when the trail shows the
+store already had one.  Still not detected: the whole database rolled back
+to an older copy (rows and inventory MAC together) -- a consistent older
+store; only an anchor outside the database can tell (see
+:mod:`pipeline.keys.inventory`).
 
 Hot path (``derive_and_wrap``, ``translate``, ``sign`` ...): the first use of
 a :class:`KeyRef` in a process unwraps its block and caches the clear key and
@@ -102,6 +125,15 @@ from pipeline.keys.hmk import (
     hmk_from_passphrase,
     hmk_from_passphrase_file,
     hmk_kcv,
+)
+from pipeline.keys.inventory import (
+    EVIDENCE_FIELDS,
+    INVENTORY_META,
+    INVENTORY_MISMATCH,
+    INVENTORY_SCHEME,
+    check_inventory_mac,
+    inventory_mac,
+    inventory_mac_key,
 )
 from pipeline.keys.model import (
     DerivationMethod,
@@ -352,6 +384,11 @@ class SoftKeyStore:
         self._clock = clock
         self._cache_ttl = cache_ttl
         self._cache: dict[KeyRef, _Loaded] = {}
+        #: the inventory last verified or written: its MAC as stored in ``meta``
+        #: and ``(label, version) -> row_mac`` of every row it covers
+        self._inventory_mac: str | None = None
+        self._inventory: dict[tuple[str, int], str] = {}
+        self._writing = False  # inside this store's own write transaction
         self._conn = self._connect(self.path, read_only)
         try:
             stored = self._meta("hmk_kcv")
@@ -359,6 +396,7 @@ class SoftKeyStore:
                 raise KeyStoreError("path", f"{self.path} is not a cardprep key store")
             self._hmk = check_hmk(bytes(hmk), bytes.fromhex(stored))
             self._row_key = row_mac_key(self._hmk)
+            self._inventory_key = inventory_mac_key(self._hmk)
         except BaseException:
             self._conn.close()
             raise
@@ -370,6 +408,7 @@ class SoftKeyStore:
         self._trail = AuditTrail(self.audit_path, sealer, clock=clock)
         try:
             self._ensure_row_macs()
+            self._ensure_inventory()
         except BaseException:
             self._conn.close()
             raise
@@ -436,6 +475,7 @@ class SoftKeyStore:
                 meta["scrypt_salt"] = scrypt_salt.hex()
             if test_only:
                 meta["test_only"] = "1"
+            meta[INVENTORY_META] = inventory_mac(inventory_mac_key(hmk), meta.items(), [], [])
             conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
         finally:
             conn.close()
@@ -466,6 +506,7 @@ class SoftKeyStore:
             hmk_custodians=list(hmk_custodians),
             hmk_source="passphrase (demo)" if scrypt_salt is not None else "components",
             row_mac=ROW_MAC_SCHEME,
+            inventory_mac=INVENTORY_SCHEME,
         )
         store._trail.append(actor, "key.generate", _subject(audit_record[0]), "ok")
         return store
@@ -595,8 +636,15 @@ class SoftKeyStore:
         return CAPABILITIES
 
     def refresh(self) -> None:
-        """Drop cached records and keys (the next use re-reads and re-unwraps)."""
+        """Drop cached records and keys (the next use re-reads and re-unwraps); check the inventory.
+
+        Raises :class:`KeyStoreError` ``inventory: key inventory MAC mismatch``
+        when a row was added, removed or restored (or a ``meta`` / evidence
+        entry edited) outside the store since it was last checked.
+        """
         self._cache.clear()
+        with self._snapshot():
+            self._verify_inventory()
 
     # --- database helpers ---------------------------------------------------------------
 
@@ -608,16 +656,116 @@ class SoftKeyStore:
         return None if row is None else str(row[0])
 
     @contextmanager
-    def _tx(self) -> Iterator[None]:
+    def _tx(self, *, check_inventory: bool = True) -> Iterator[None]:
+        """A write transaction (``BEGIN IMMEDIATE``) that keeps the inventory MAC current.
+
+        Under the write lock, the stored inventory MAC is first checked against
+        the tables as they are (so a row deleted or restored outside the store
+        is refused, never blessed by the rewrite), then recomputed over the
+        changed tables and written before ``COMMIT``: another process sees the
+        row change and its inventory MAC together, and two writers serialize
+        on the lock.  ``check_inventory=False`` is for the migrations, which
+        check by themselves.
+        """
         if self.read_only:
             raise KeyStoreError("store", "opened read-only (worker handle): key management refused")
         self._conn.execute("BEGIN IMMEDIATE")
+        self._writing = True
         try:
+            if check_inventory:
+                self._verify_inventory()
             yield
+            mac, inventory = self._seal_inventory()
         except BaseException:
+            self._writing = False
+            self._inventory_mac, self._inventory = None, {}
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        self._writing = False
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._inventory_mac, self._inventory = None, {}
+            raise
+        self._inventory_mac, self._inventory = mac, inventory
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction (a consistent WAL snapshot) unless one is already open."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    # --- the inventory MAC (pipeline.keys.inventory) --------------------------------------
+
+    def _inventory_rows(
+        self,
+    ) -> tuple[builtins.list[tuple[Any, Any]], builtins.list[tuple[Any, ...]], builtins.list[Any]]:
+        """What the inventory MAC covers, as the tables hold it now: meta, keys, evidence."""
+        try:
+            meta = self._conn.execute("SELECT name, value FROM meta").fetchall()
+            keys = self._conn.execute("SELECT label, version, row_mac FROM keys").fetchall()
+            evidence = self._conn.execute(
+                f"SELECT {', '.join(EVIDENCE_FIELDS)} FROM destruction_evidence"  # noqa: S608
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise KeyStoreError(
+                "inventory", f"tables unreadable ({type(exc).__name__}): edited outside the store?"
+            ) from None
+        return meta, keys, evidence
+
+    @staticmethod
+    def _inventory_map(keys: Sequence[tuple[Any, ...]]) -> dict[tuple[str, int], str]:
+        return {(str(k[0]), int(k[1])): str(k[2]) for k in keys}
+
+    def _verify_inventory(self) -> None:
+        """Check the stored inventory MAC against the tables (in the caller's transaction).
+
+        Remembers the verified inventory for :meth:`_sync_inventory` and
+        :meth:`_checked_row`.  KeyStoreError ``inventory: key inventory MAC
+        mismatch ...`` (also when the MAC entry is missing).
+        """
+        meta, keys, evidence = self._inventory_rows()
+        stored = dict(meta).get(INVENTORY_META)
+        check_inventory_mac(self._inventory_key, meta, keys, evidence, stored)
+        self._inventory_mac, self._inventory = str(stored), self._inventory_map(keys)
+
+    def _sync_inventory(self) -> None:
+        """Re-verify the whole inventory only if its stored MAC changed since last checked.
+
+        A changed MAC means another process wrote (or someone edited it): the
+        full check runs.  An unchanged one means no legitimate write happened,
+        so the remembered ``(label, version) -> row_mac`` is still the truth
+        each read row is compared against.  Cost: one ``meta`` lookup.
+        """
+        if self._writing:
+            return
+        stored = self._meta(INVENTORY_META)
+        if stored is None or stored != self._inventory_mac:
+            self._verify_inventory()
+
+    def _seal_inventory(self) -> tuple[str, dict[tuple[str, int], str]]:
+        """Recompute the inventory MAC over the tables and store it (inside a write transaction)."""
+        meta, keys, evidence = self._inventory_rows()
+        mac = inventory_mac(self._inventory_key, meta, keys, evidence)
+        self._conn.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (INVENTORY_META, mac)
+        )
+        return mac, self._inventory_map(keys)
+
+    def _inventory_refusal(self, subject: str) -> KeyStoreError:
+        return KeyStoreError(subject, INVENTORY_MISMATCH)
+
+    def _verify_now(self) -> None:
+        """Full inventory check in a snapshot (not inside this store's own write transaction)."""
+        if not self._writing:
+            with self._snapshot():
+                self._verify_inventory()
 
     _ROW_SELECT = ", ".join((*ROW_FIELDS, "row_mac"))
 
@@ -625,22 +773,35 @@ class SoftKeyStore:
         """A selected ``_ROW_SELECT`` row as a mapping, after its row MAC verifies."""
         row = dict(zip((*ROW_FIELDS, "row_mac"), values, strict=True))
         check_row_mac(self._row_key, row, row["row_mac"])
+        if not self._writing:
+            key = (row["label"], row["version"])
+            if self._inventory.get(key) != row["row_mac"]:  # an old copy, or not inventoried
+                raise self._inventory_refusal(f"{row['label']}@v{row['version']}")
         return row
 
     def _row(self, ref: KeyRef) -> dict[str, Any]:
-        """Every column of ``ref``'s row, MAC-checked (KeyNotFoundError / KeyStoreError)."""
-        try:
-            values = self._conn.execute(
-                f"SELECT {self._ROW_SELECT} FROM keys WHERE label=? AND version=?",  # noqa: S608
-                (ref.label, ref.version),
-            ).fetchone()
-        except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
-            raise KeyStoreError(
-                str(ref), f"row unreadable ({type(exc).__name__}): edited outside the store?"
-            ) from None
-        if values is None:
-            raise KeyNotFoundError(str(ref), "no such key")
-        return self._checked_row(values)
+        """Every column of ``ref``'s row, row- and inventory-checked (KeyNotFound / KeyStoreError).
+
+        Row and inventory MAC are read in one snapshot; the row must be the one
+        the inventory records (not an older copy), and a missing row the
+        inventory lists is a deletion, refused as such.
+        """
+        with self._snapshot():
+            try:
+                values = self._conn.execute(
+                    f"SELECT {self._ROW_SELECT} FROM keys WHERE label=? AND version=?",  # noqa: S608
+                    (ref.label, ref.version),
+                ).fetchone()
+            except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
+                raise KeyStoreError(
+                    str(ref), f"row unreadable ({type(exc).__name__}): edited outside the store?"
+                ) from None
+            self._sync_inventory()
+            if values is None:
+                if not self._writing and (ref.label, ref.version) in self._inventory:
+                    raise self._inventory_refusal(str(ref))
+                raise KeyNotFoundError(str(ref), "no such key")
+            return self._checked_row(values)
 
     def _update_row(self, ref: KeyRef, **changes: Any) -> None:
         """UPDATE columns of a MAC-checked row and re-MAC it (inside a transaction).
@@ -777,7 +938,8 @@ class SoftKeyStore:
         already (``store.create`` / ``store.migrate`` naming the scheme): a
         missing column is then tampering, not age.  Each live row's key block
         must still unwrap under the HMK with a header matching the row.
-        Column, MACs, schema version and the audit event commit together.
+        Column, MACs, schema version, the first inventory MAC and the audit
+        event commit together.
         """
         if self._has_row_mac_column():
             return
@@ -787,8 +949,9 @@ class SoftKeyStore:
                 f"{self.path.name} predates row MACs (schema 1): open it read-write once "
                 "(the HMK holder) to migrate; a read-only open cannot check its rows",
             )
-        with self._tx():
+        with self._tx(check_inventory=False):
             if self._has_row_mac_column():  # another process migrated while we waited
+                self._verify_or_add_inventory()
                 return
             self._refuse_if_row_macs_were_in_force()
             self._conn.execute("ALTER TABLE keys ADD COLUMN row_mac TEXT")
@@ -814,7 +977,7 @@ class SoftKeyStore:
             self._audit(
                 "hmk-holder", "store.migrate", str(self.path.name), "ok",
                 schema_from=previous, schema_to=SCHEMA_VERSION, row_mac=ROW_MAC_SCHEME,
-                rows=len(migrated), keys=migrated,
+                inventory_mac=INVENTORY_SCHEME, rows=len(migrated), keys=migrated,
                 trust="rows MACed as found; key-block binding re-checked",
             )  # fmt: skip
 
@@ -837,6 +1000,67 @@ class SoftKeyStore:
                     f"the keys table has no row_mac column, but audit seq {event.seq} "
                     f"({event.action}) shows the store had row MACs: column removed "
                     "(tampering); refused",
+                )
+
+    # --- inventory MAC: upgrade of a store made before it ---------------------------------
+
+    def _ensure_inventory(self) -> None:
+        """Check the inventory MAC on open; add one to a store made before inventory MACs (audited).
+
+        A read-only open of a store without one is refused (nothing to check
+        against).  Adding it is refused when the audit trail shows the store
+        had one (``store.create`` / ``store.migrate`` naming the scheme): a
+        missing entry is then tampering.  Otherwise every row MAC must verify;
+        the inventory MAC then vouches for the rows as found, like the
+        row-MAC migration, and is audited as ``store.migrate``.
+        """
+        with self._snapshot():
+            if self._meta(INVENTORY_META) is not None:
+                self._verify_inventory()
+                return
+        if self.read_only:
+            raise KeyStoreError(
+                INVENTORY_META,
+                f"{self.path.name} predates inventory MACs: open it read-write once "
+                "(the HMK holder) to add one; a read-only open cannot check which rows are current",
+            )
+        with self._tx(check_inventory=False):
+            self._verify_or_add_inventory()
+
+    def _verify_or_add_inventory(self) -> None:
+        """Inside a write transaction: check the inventory MAC, or add the first one (audited)."""
+        if self._meta(INVENTORY_META) is not None:  # present, or another process added it
+            self._verify_inventory()
+            return
+        self._refuse_if_inventory_was_in_force()
+        values = self._conn.execute(
+            f"SELECT {self._ROW_SELECT} FROM keys ORDER BY label, version"  # noqa: S608
+        ).fetchall()
+        rows = [self._checked_row(v) for v in values]  # every row MAC verifies, or refused
+        self._audit(
+            "hmk-holder", "store.migrate", str(self.path.name), "ok",
+            inventory_mac=INVENTORY_SCHEME, rows=len(rows),
+            keys=[f"{r['label']}@v{r['version']}" for r in rows],
+            trust="inventory of the rows as found; every row MAC verified",
+        )  # fmt: skip
+
+    def _refuse_if_inventory_was_in_force(self) -> None:
+        """KeyStoreError when the trail shows the store was created with or given inventory MACs."""
+        try:
+            events = list(self._trail.events())
+        except AuditError as exc:
+            raise KeyStoreError(
+                INVENTORY_META, f"cannot read the audit trail to add one: {exc}"
+            ) from None
+        for event in events:
+            if event.action in ("store.create", "store.migrate") and event.details.get(
+                "inventory_mac"
+            ):
+                raise KeyStoreError(
+                    INVENTORY_META,
+                    f"the meta table has no inventory MAC, but audit seq {event.seq} "
+                    f"({event.action}) shows the store had one: entry removed (tampering); "
+                    "refused",
                 )
 
     # --- loading keys for use -------------------------------------------------------------
@@ -1516,12 +1740,17 @@ class SoftKeyStore:
         return record
 
     def destruction_evidence(self, ref: KeyRef) -> dict[str, Any]:
-        """The evidence row kept for a destroyed key (KeyNotFoundError if none)."""
-        cursor = self._conn.execute(
-            "SELECT * FROM destruction_evidence WHERE label=? AND version=?",
-            (ref.label, ref.version),
-        )
-        row = cursor.fetchone()
+        """The evidence row kept for a destroyed key (KeyNotFoundError if none).
+
+        The whole inventory (evidence rows included) is checked first.
+        """
+        with self._snapshot():
+            self._verify_now()
+            cursor = self._conn.execute(
+                "SELECT * FROM destruction_evidence WHERE label=? AND version=?",
+                (ref.label, ref.version),
+            )
+            row = cursor.fetchone()
         if row is None:
             raise KeyNotFoundError(str(ref), "no destruction evidence")
         return dict(zip([d[0] for d in cursor.description], row, strict=True))
@@ -1752,10 +1981,22 @@ class SoftKeyStore:
             return self._fetch(ref_or_label)
         label = check_label(ref_or_label)
         if version is None:
-            version = self._next_version(label) - 1
-            if version == 0:
-                raise KeyNotFoundError(label, "no such key")
+            with self._snapshot():
+                version = self._next_version(label) - 1
+                self._check_newest(label, version)
+                if version == 0:
+                    raise KeyNotFoundError(label, "no such key")
+                return self._fetch(KeyRef(label, version))
         return self._fetch(KeyRef(label, version))
+
+    def _check_newest(self, label: str, version: int) -> None:
+        """Refuse when the inventory has a newer version of ``label`` than the table (deleted)."""
+        if self._writing:
+            return
+        self._sync_inventory()
+        newest = max((v for (name, v) in self._inventory if name == label), default=0)
+        if newest != version:
+            raise self._inventory_refusal(label)
 
     def active(self, label: str) -> KeyRef:
         """See :meth:`pipeline.keys.store.KeyStore.active`."""
@@ -1764,6 +2005,7 @@ class SoftKeyStore:
             (check_label(label), KeyState.ACTIVE.value),
         ).fetchone()
         if row is None:
+            self._verify_now()  # a deleted row reads as "no such key": say it was tampering
             if self._next_version(label) == 1:
                 raise KeyNotFoundError(label, "no such key")
             raise KeyStateError(label, "no ACTIVE version")
@@ -1776,13 +2018,20 @@ class SoftKeyStore:
         if owner is not None:
             sql += " WHERE owner=?"
             params = (owner,)
-        try:
-            rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
-        except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
-            raise KeyStoreError(
-                "keys", f"a row is unreadable ({type(exc).__name__}): edited outside the store?"
-            ) from None
-        return [self._record_from_row(self._checked_row(r)) for r in rows]
+        with self._snapshot():
+            try:
+                rows = self._conn.execute(sql + " ORDER BY label, version", params).fetchall()
+            except sqlite3.OperationalError as exc:  # e.g. a text column edited to invalid UTF-8
+                raise KeyStoreError(
+                    "keys", f"a row is unreadable ({type(exc).__name__}): edited outside the store?"
+                ) from None
+            checked = []
+            for values in rows:  # row MACs first: an edited row is named as such
+                row = dict(zip((*ROW_FIELDS, "row_mac"), values, strict=True))
+                check_row_mac(self._row_key, row, row["row_mac"])
+                checked.append(row)
+            self._verify_now()  # then the whole inventory: no row added, removed or restored
+        return [self._record_from_row(row) for row in checked]
 
 
 def _component_holders(

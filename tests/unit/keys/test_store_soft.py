@@ -27,6 +27,7 @@ from pipeline.errors import (
     KeyUsageError,
     MacError,
 )
+from pipeline.keys.inventory import inventory_mac, inventory_mac_key
 from pipeline.keys.model import (
     DerivationMethod,
     Exportability,
@@ -340,7 +341,7 @@ def test_edited_usage_column_is_caught_by_the_row_mac(tmp_path: Path) -> None:
 
 
 def test_edited_usage_column_is_caught_by_the_key_block_binding(tmp_path: Path) -> None:
-    """Second layer: with a valid row MAC (forged here with the HMK) the block binding holds."""
+    """Second layer: with valid row and inventory MACs (forged with the HMK) the binding holds."""
     s = new_store(tmp_path)
     kek = _import(s, "kek", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.KEK, IMK)
     s.close()
@@ -350,6 +351,13 @@ def test_edited_usage_column_is_caught_by_the_key_block_binding(tmp_path: Path) 
         values = conn.execute(f"SELECT {cols} FROM keys WHERE label='kek'").fetchone()
         mac = row_mac(row_mac_key(HMK), dict(zip(ROW_FIELDS, values, strict=True)))
         conn.execute("UPDATE keys SET row_mac=? WHERE label='kek'", (mac,))
+        inventory = inventory_mac(
+            inventory_mac_key(HMK),
+            conn.execute("SELECT name, value FROM meta").fetchall(),
+            conn.execute("SELECT label, version, row_mac FROM keys").fetchall(),
+            [],
+        )
+        conn.execute("UPDATE meta SET value=? WHERE name='inventory_mac'", (inventory,))
     s2 = SoftKeyStore(s.path, HMK)
     with pytest.raises(KeyStoreError, match=r"kek@v1: key block header .* does not match"):
         s2.encrypt_data(kek, b"x", "output")
