@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipeline.keys.model import KeyAlgorithm, KeyRole, KeyUsage
 from pipeline.keys.soft import SoftKeyStore
 
 HMK = bytes.fromhex("00112233445566778899AABBCCDDEEFF" * 2)
@@ -34,3 +35,11 @@ def new_store(tmp_path: Path, clock: FakeClock | None = None, hmk: bytes = HMK) 
         hmk_custodians=("cust-a", "cust-b"),
         clock=clock or FakeClock(),
     )
+
+
+def tk_imk_store(tmp_path: Path, clock: FakeClock | None = None) -> SoftKeyStore:
+    """:func:`new_store` plus an active 3DES TK (``tk``, K0) and IMK-AC (``imk``, E0)."""
+    s = new_store(tmp_path, clock)
+    s.generate("tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", actor="o")
+    s.generate("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo", actor="o")
+    return s

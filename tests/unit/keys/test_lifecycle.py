@@ -10,7 +10,7 @@ from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.errors import InvalidInputError, KeyStateError, KeyStoreError
 from pipeline.keys.model import DerivationMethod, KeyAlgorithm, KeyRef, KeyRole, KeyState, KeyUsage
 from pipeline.keys.soft import SoftKeyStore
-from tests.unit.keys.storekit import FakeClock, new_store
+from tests.unit.keys.storekit import FakeClock, tk_imk_store
 
 PAN = "4761739001010119"
 
@@ -22,9 +22,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(tmp_path: Path, clock: FakeClock) -> SoftKeyStore:
-    s = new_store(tmp_path, clock)
-    s.generate("tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", actor="o")
-    s.generate("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo", actor="o")
+    s = tk_imk_store(tmp_path, clock)
     s.generate("data", KeyAlgorithm.AES256, KeyUsage.D0, KeyRole.DATA, "bureau:demo", actor="o")
     return s
 

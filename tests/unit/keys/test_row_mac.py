@@ -38,7 +38,7 @@ from pipeline.keys.rowmac import (
 )
 from pipeline.keys.soft import SCHEMA_VERSION, SoftKeyStore
 from tests.conftest import load_vectors
-from tests.unit.keys.storekit import HMK, FakeClock, new_store
+from tests.unit.keys.storekit import HMK, FakeClock, new_store, tk_imk_store
 
 ROW_KEY = row_mac_key(HMK)
 CERT = IssuerCertificateRecord(
@@ -58,9 +58,7 @@ def _raw_rows(path: Path) -> list[tuple[dict[str, object], object]]:
 def store(tmp_path: Path) -> SoftKeyStore:
     """A store whose issuer key row has every column filled (prev_state, cert, destroy_after)."""
     clock = FakeClock()
-    s = new_store(tmp_path, clock)
-    s.generate("tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", actor="o")
-    s.generate("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo", actor="o")
+    s = tk_imk_store(tmp_path, clock)
     iss = s.generate("iss", KeyAlgorithm.RSA, KeyUsage.S0, KeyRole.ISSUER_SIGNING, "issuer:demo",
                      actor="o", bits=1024, activate=False)  # fmt: skip
     s.set_issuer_certificate(iss.ref, CERT, actor="o")

@@ -43,7 +43,7 @@ from pipeline.keys.model import (
 )
 from pipeline.keys.rowmac import check_row_mac, row_mac_key
 from pipeline.keys.soft import SoftKeyStore
-from tests.unit.keys.storekit import HMK, FakeClock, new_store
+from tests.unit.keys.storekit import HMK, FakeClock, new_store, tk_imk_store
 
 PAN = "4761739001010119"
 MISMATCH = r"key inventory MAC mismatch: a row was added, removed or restored"
@@ -116,10 +116,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(tmp_path: Path, clock: FakeClock) -> SoftKeyStore:
-    s = new_store(tmp_path, clock)
-    s.generate("tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, "bureau:demo", actor="o")
-    s.generate("imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, "issuer:demo", actor="o")
-    return s
+    return tk_imk_store(tmp_path, clock)
 
 
 # --- pure functions ------------------------------------------------------------------------------
