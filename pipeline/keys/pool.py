@@ -80,6 +80,7 @@ from pipeline.errors import (
     KeyPoolEmptyError,
     KeyPoolError,
 )
+from pipeline.io.workers import exit_with_parent
 from pipeline.keys.model import (
     Exportability,
     IccKeyPair,
@@ -711,8 +712,9 @@ def _generate_entries(
     return out
 
 
-def _worker_init(handle: Any) -> None:
+def _worker_init(handle: Any, parent: int) -> None:
     global _worker_store  # noqa: PLW0603 (one store per worker process)
+    exit_with_parent(parent)  # a SIGKILLed `keypool fill` leaves no orphan holding the store
     _worker_store = handle.open()
 
 
@@ -789,7 +791,8 @@ def _fill_parallel(  # noqa: PLR0917 (internal)
 ) -> None:
     """Keep ``2 * workers`` generation tasks in flight; insert results as they complete."""
     sizes = [task] * (count // task) + ([count % task] if count % task else [])
-    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(handle,)) as ex:
+    init_args = (handle, os.getpid())
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=init_args) as ex:
         pending: set[Future[list[tuple[IccKeyPair, bytes]]]] = set()
         queued = iter(sizes)
         for size in queued:

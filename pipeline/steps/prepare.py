@@ -40,6 +40,7 @@ import importlib
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
@@ -59,6 +60,7 @@ from pipeline.io.paths import BatchPaths, sha256_file
 from pipeline.io.perso import seal_card
 from pipeline.io.rejects import reject_row, write_reject_table
 from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
+from pipeline.io.workers import exit_with_parent
 from pipeline.keys import open_store
 from pipeline.keys.model import IccKeyPair, KeyRef, TranslateCheck
 from pipeline.keys.pool import DryPolicy, PoolIccSource, pool_path
@@ -265,9 +267,10 @@ def _error_marker(exc: CardprepError) -> tuple[str, str, str, str]:
     return (type(exc).__module__, type(exc).__qualname__, exc.field, exc.detail)
 
 
-def _init_pool_worker(barrier: Any) -> None:
+def _init_pool_worker(barrier: Any, parent: int) -> None:
     global _barrier  # noqa: PLW0603 (one state per worker process)
     _barrier = barrier
+    exit_with_parent(parent)  # a SIGKILLed `cardprep run` or task leaves no orphan worker
 
 
 def _worker_for(token: int, spec: WorkerSpec) -> ShardWorker:
@@ -410,7 +413,8 @@ class WorkerPool:
             context = multiprocessing.get_context("fork")
             self._executor = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=context,
-                initializer=_init_pool_worker, initargs=(context.Barrier(self.workers),),
+                initializer=_init_pool_worker,
+                initargs=(context.Barrier(self.workers), os.getpid()),
             )  # fmt: skip
             self.started += 1
         return self._executor
