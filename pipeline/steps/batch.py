@@ -32,6 +32,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputFileCheckError
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import load_manifest
 from pipeline.io.paths import batch_id_for, sha256_file
@@ -85,7 +86,7 @@ def run_batch(
             "shards": len(shards),
         }
     cfg = load_issuer(issuer, bs.config_dir)
-    batch_id = batch_id_for(sha256_file(Path(path)))
+    batch_id = _batch_id_of(path)
     paths = bs.paths(cfg.id, batch_id)
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
             opened_store(settings, store) as ks:  # fmt: skip
@@ -111,6 +112,20 @@ def run_batch(
     return summary
 
 
+def _batch_id_of(path: str | Path) -> str:
+    """The batch id of the input file ``path``; an unreadable file is an input-file ``read`` error.
+
+    Example:
+        >>> _batch_id_of("/no/such/file.dat")
+        Traceback (most recent call last):
+        pipeline.errors.InputFileCheckError: /no/such/file.dat [read]: cannot open: No such ...
+    """
+    try:
+        return batch_id_for(sha256_file(Path(path)))
+    except OSError as exc:
+        raise InputFileCheckError(str(path), "read", f"cannot open: {exc.strerror}") from None
+
+
 def pending_reconcile(issuer: str, path: str | Path, settings: Settings) -> dict[str, Any] | None:
     """The parse-step summary of ``path``'s batch if it is published but not reconciled, else None.
 
@@ -129,7 +144,7 @@ def pending_reconcile(issuer: str, path: str | Path, settings: Settings) -> dict
     """
     bs = batch_settings(settings)
     cfg = load_issuer(issuer, bs.config_dir)
-    paths = bs.paths(cfg.id, batch_id_for(sha256_file(Path(path))))
+    paths = bs.paths(cfg.id, _batch_id_of(path))
     if not is_unreconciled(paths):
         return None
     counts = load_manifest(paths.manifest)["counts"]
