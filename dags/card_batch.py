@@ -45,6 +45,7 @@ and KCVs; nothing here logs a PAN, a key or a PIN.
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -124,17 +125,18 @@ def build(issuer: str) -> Any:
         def wait_for_files(
             params: dict[str, Any] | None = None, dag_run: Any = None
         ) -> PokeReturnValue:
-            """Files to prepare: the named one, else every new file (nightly runs wait for one)."""
+            """Files to prepare: the named one, else every new file (nightly runs wait for one).
+
+            A named file is checked by ``verify_and_parse``, not here: ``soft_fail``
+            turns any AirflowFailException of a sensor into a quiet skip.
+            """
             from pipeline.steps.detect import detect  # noqa: PLC0415 (parse time)
 
             assert params is not None
-            settings = KeyStoreHook().settings()
+            if params["file"]:
+                return PokeReturnValue(True, [params["file"]])
             with fail_fast_on_permanent_errors():
-                if params["file"]:
-                    return PokeReturnValue(
-                        True, [resolve_inbound_file(issuer, params["file"], settings)]
-                    )
-                files = detect(issuer, settings)
+                files = detect(issuer, KeyStoreHook().settings())
             scheduled = dag_run is not None and str(dag_run.run_type) == "scheduled"
             return PokeReturnValue(bool(files) or not scheduled, files)
 
@@ -144,6 +146,9 @@ def build(issuer: str) -> Any:
             from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
 
             assert params is not None
+            if not os.path.isabs(path):  # a name from the trigger form
+                with fail_fast_on_permanent_errors():
+                    path = resolve_inbound_file(issuer, path, KeyStoreHook().settings())
             if not params["force"] and not params["dry_run"]:
                 with fail_fast_on_permanent_errors():
                     resumed = pending_reconcile(issuer, path, KeyStoreHook().settings())

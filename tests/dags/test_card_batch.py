@@ -186,6 +186,28 @@ def test_dry_run_verifies_and_writes_nothing(env: DemoEnv, bag: DagBag, first_ru
     other.with_name(other.name + ".expected.json").unlink(missing_ok=True)
 
 
+def test_a_file_not_in_the_inbound_folder_fails_the_run_at_once(
+    env: DemoEnv, bag: DagBag, first_run: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator's typo in ``file`` is a failed run that says why, not a quiet success.
+
+    The sensor has ``soft_fail`` (a nightly run that sees no file gives up
+    *skipped*), and soft_fail turns every AirflowFailException raised in it
+    into a skip: a name that is not in the inbound folder once ended as a
+    green run with the reason nowhere in the output.
+    """
+    before = sorted((env.storage / "batches" / "demo").iterdir())
+    run = bag.dags["card_batch_demo"].test(
+        run_conf={"file": "no-such-file.dat", "shard_size": SHARD, "dry_run": False, "force": False}
+    )
+    assert str(run.state) == "failed"
+    failed = {k: v for k, v in _task_states(run).items() if v[0] == "failed"}
+    assert failed, "no task failed"
+    assert all(tries == 1 for _, tries in failed.values()), f"retried: {failed}"
+    assert "no-such-file.dat is not in the inbound folder" in capsys.readouterr().out
+    assert sorted((env.storage / "batches" / "demo").iterdir()) == before
+
+
 def test_retrigger_after_a_cut_short_reconcile_only_reconciles(
     env: DemoEnv, bag: DagBag, first_run: Any
 ) -> None:
