@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BatchPurgedError, ConfigError, VerificationError
-from pipeline.io.manifest import load_manifest
+from pipeline.io.manifest import load_manifest, verify_manifest_mac
 from pipeline.io.parts import iter_part_batches
 from pipeline.io.perso import open_card
 from pipeline.keys.settings import Settings, load_settings
@@ -264,42 +264,49 @@ def _show_card(
     return 0
 
 
+def _show_manifest(manifest: dict[str, Any]) -> None:
+    """Print a (MAC-verified) manifest: counts, products, keys with KCVs, files."""
+    c = manifest["counts"]
+    print(
+        f"batch {manifest['batch_id']} of issuer {manifest['issuer']}, created "
+        f"{manifest['created_at']}, input {manifest['input']['name']} "
+        f"({manifest['input']['records']} records, layout {manifest['input']['layout']})"
+    )
+    print(
+        f"  {c['in']} in = {c['prepared']} prepared + {c['rejected']} rejected; "
+        f"per product {json.dumps(c['per_product'], sort_keys=True)}"
+    )
+    print(f"  reasons {json.dumps(c['per_reason'], sort_keys=True)}")
+    for product, info in manifest["products"].items():
+        print(
+            f"  product {product} v{info['version']} ({info['scheme']}), "
+            f"CA {info['ca']['rid']}/{info['ca']['index']} = {info['ca']['key']}"
+        )
+    for k in manifest["keys"]:
+        print(f"  key {k['ref']:<24} kcv {k['kcv']}")
+    for f in manifest["files"]:
+        print(
+            f"  file {f['path']:<40} {f['kind']:<12} {f.get('rows', ''):>7} rows "
+            f"{f['size']:>9} bytes  sha256 {f['sha256'][:16]}..."
+        )
+    print(f"  mac {manifest['mac']['key']} kcv {manifest['mac']['kcv']}")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``cardprep inspect``."""
+    """``cardprep inspect``: the manifest's MAC is checked first, so an edited one is refused."""
     from pipeline.keys import open_store  # noqa: PLC0415
 
     settings = load_settings(args.settings)
     if args.reveal and (settings.is_production or args.card is None):
         raise ConfigError("--reveal", "only with --card, and only when the environment is demo")
-    manifest = load_manifest(args.batch_dir / "manifest.json")
-    if args.card is None:
-        c = manifest["counts"]
-        print(
-            f"batch {manifest['batch_id']} of issuer {manifest['issuer']}, created "
-            f"{manifest['created_at']}, input {manifest['input']['name']} "
-            f"({manifest['input']['records']} records, layout {manifest['input']['layout']})"
-        )
-        print(
-            f"  {c['in']} in = {c['prepared']} prepared + {c['rejected']} rejected; "
-            f"per product {json.dumps(c['per_product'], sort_keys=True)}"
-        )
-        print(f"  reasons {json.dumps(c['per_reason'], sort_keys=True)}")
-        for product, info in manifest["products"].items():
-            print(
-                f"  product {product} v{info['version']} ({info['scheme']}), "
-                f"CA {info['ca']['rid']}/{info['ca']['index']} = {info['ca']['key']}"
-            )
-        for k in manifest["keys"]:
-            print(f"  key {k['ref']:<24} kcv {k['kcv']}")
-        for f in manifest["files"]:
-            print(
-                f"  file {f['path']:<40} {f['kind']:<12} {f.get('rows', ''):>7} rows "
-                f"{f['size']:>9} bytes  sha256 {f['sha256'][:16]}..."
-            )
-        print(f"  mac {manifest['mac']['key']} kcv {manifest['mac']['kcv']}")
-        return 0
+    path = args.batch_dir / "manifest.json"
+    manifest = load_manifest(path)
     store = open_store(settings)
     try:
+        verify_manifest_mac(manifest, store, str(path))  # VerificationError: exit 2, one line
+        if args.card is None:
+            _show_manifest(manifest)
+            return 0
         return _show_card(store, args.batch_dir, manifest, args.card, args.reveal)
     finally:
         store.close()

@@ -1,11 +1,14 @@
-"""``cardprep run | inspect`` as an operator meets them: refusals are one clear line.
+"""``cardprep run | inspect | demo`` as an operator meets them: refusals are one clear line.
 
-An operator error (a file that is not there) exits 2 with
-``cardprep: error: <where> [<check>]: ...`` on stderr, never a traceback.
+An operator error (a file that is not there, a tampered batch) exits 2 with
+``cardprep: error: <where> [<check>]: ...`` on stderr, never a traceback, and
+``inspect`` never shows a manifest whose MAC does not verify.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,9 @@ import yaml
 from pipeline.cli.main import main
 from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
     BatchEnv,
+    Published,
     env_fixture,
+    published_fixture,
 )
 
 
@@ -34,4 +39,46 @@ def test_run_of_a_missing_or_unreadable_file_is_a_read_error_not_a_traceback(
     err = capsys.readouterr().err
     assert rc == 2
     assert f"cardprep: error: {missing} [read]: cannot open" in err
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def batch_copy(published: Published, tmp_path: Path) -> Path:
+    """A copy of the published batch under ``<tmp>/batches/demo/<id>`` (free to tamper)."""
+    dest = tmp_path / "copy" / "batches" / "demo" / published.batch_dir.name
+    shutil.copytree(published.batch_dir, dest)
+    return dest
+
+
+def test_inspect_shows_a_batch_whose_manifest_mac_verifies(
+    env: BatchEnv, batch_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", str(batch_copy), "--settings", _settings_file(env, tmp_path)]) == 0
+    assert f"batch {batch_copy.name} of issuer demo" in capsys.readouterr().out
+
+
+def test_inspect_refuses_an_edited_manifest_instead_of_showing_its_numbers(
+    env: BatchEnv, batch_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = batch_copy / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["counts"]["prepared"] += 1
+    manifest.write_text(json.dumps(doc))
+    rc = main(["inspect", str(batch_copy), "--settings", _settings_file(env, tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert "[mac]: MAC under" in err and "does not verify" in err
+    assert "prepared" not in out
+
+
+@pytest.mark.parametrize("doc", [{}, {"batch_id": "x", "counts": {}}])
+def test_inspect_of_a_manifest_without_its_members_is_an_error_not_a_traceback(
+    env: BatchEnv, batch_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    doc: dict[str, object],
+) -> None:  # fmt: skip
+    (batch_copy / "manifest.json").write_text(json.dumps(doc))
+    rc = main(["inspect", str(batch_copy), "--settings", _settings_file(env, tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "manifest.json [mac]: manifest has no mac member" in err
     assert "Traceback" not in err
