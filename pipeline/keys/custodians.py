@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from datetime import date as date_type
 from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ __all__ = [
     "EmploymentType",
     "Holding",
     "ceremony_db_path",
+    "check_appointment_date",
     "check_custodian_id",
     "utc_now",
 ]
@@ -133,6 +135,25 @@ def check_custodian_id(value: str, field: str = "custodian") -> str:
     """
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise InvalidInputError(field, f"invalid custodian id {value!r}")
+    return value
+
+
+def check_appointment_date(value: str, field: str = "date") -> str:
+    """Validate an appointment date: a real calendar date written ``YYYY-MM-DD``.
+
+    Example:
+        >>> check_appointment_date("2024-02-29")
+        '2024-02-29'
+        >>> check_appointment_date("2026-02-30")
+        Traceback (most recent call last):
+        pipeline.errors.InvalidInputError: date: '2026-02-30' is not a YYYY-MM-DD calendar date
+    """
+    try:
+        ok = isinstance(value, str) and date_type.fromisoformat(value).isoformat() == value
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InvalidInputError(field, f"{value!r} is not a YYYY-MM-DD calendar date")
     return value
 
 
@@ -360,7 +381,7 @@ class CustodianRegistry:
             raise CustodianError("backup", f"custodian {custodian_id!r} cannot be their own backup")
         if appointed_by == custodian_id:
             raise CustodianError("appointed_by", f"{custodian_id!r} cannot appoint themselves")
-        when = date or self._now()[:10]
+        when = check_appointment_date(date) if date is not None else self._now()[:10]
         with transaction(self._conn):
             if self._row(custodian_id) is not None:
                 raise CustodianError("custodian", f"{custodian_id!r} is already in the registry")

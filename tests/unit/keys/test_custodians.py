@@ -114,6 +114,15 @@ def test_invalid_id_refused(reg: CustodianRegistry) -> None:
         reg.appoint("Bad Id", "X", R.CUSTODIAN, E.EMPLOYEE, backup="km1", appointed_by="km1")
 
 
+@pytest.mark.parametrize("day", ["2026-02-30", "2026-13-01", "yesterday", "2026-1-5", ""])
+def test_appointment_date_must_be_a_real_calendar_date(reg: CustodianRegistry, day: str) -> None:
+    refused = rf"date: '{day}' is not a YYYY-MM-DD calendar date"
+    with pytest.raises(InvalidInputError, match=refused):
+        reg.appoint("alice", "Alice", R.CUSTODIAN, E.EMPLOYEE, backup="km1", appointed_by="km2",
+                    date=day)  # fmt: skip
+    assert "alice" not in {c.id for c in reg.list(include_revoked=True)}
+
+
 def test_custodian_without_active_backup_cannot_act(reg: CustodianRegistry) -> None:
     reg.appoint("alice", "Alice", R.CUSTODIAN, E.EMPLOYEE, backup="bob", appointed_by="km1")
     with pytest.raises(CustodianError, match="no active backup"):
