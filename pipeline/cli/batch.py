@@ -312,7 +312,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         store.close()
 
 
-def _demo_store(settings: Settings) -> KeyStore:
+def _demo_store(settings: Settings, config_dir: Path) -> KeyStore:
+    """The demo store; created from ``<config_dir>/demo/keys.yaml`` (TEST keys) when absent."""
     from pipeline.keys import open_store  # noqa: PLC0415
     from pipeline.keys.demo import init_demo_store  # noqa: PLC0415
 
@@ -325,7 +326,12 @@ def _demo_store(settings: Settings) -> KeyStore:
         raise ConfigError("key_store.hmk.passphrase_file", "the demo store needs a passphrase file")
     print(f"initialising the demo key store (TEST keys only) at {ks.path}")
     ks.path.parent.mkdir(parents=True, exist_ok=True)
-    return init_demo_store(ks.path, passphrase_file=ks.passphrase_file, audit_path=ks.audit_path)
+    return init_demo_store(
+        ks.path,
+        config_dir / "demo" / "keys.yaml",
+        passphrase_file=ks.passphrase_file,
+        audit_path=ks.audit_path,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -339,7 +345,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _logging()
     settings = load_settings(args.settings)
     bs = batch_settings(settings)
-    store = _demo_store(settings)
+    store = _demo_store(settings, bs.config_dir)
     try:
         issuer = load_issuer("demo", bs.config_dir)
         inbound = bs.inbound(issuer.id, issuer.inbound)

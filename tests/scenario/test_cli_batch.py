@@ -82,3 +82,26 @@ def test_inspect_of_a_manifest_without_its_members_is_an_error_not_a_traceback(
     assert rc == 2
     assert "manifest.json [mac]: manifest has no mac member" in err
     assert "Traceback" not in err
+
+
+def test_demo_reads_its_test_keys_from_the_configured_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings with an absolute ``config_dir``, run from a directory without ``config/``."""
+    config = Path(__file__).resolve().parents[2] / "config"
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({
+        "environment": "demo",
+        "config_dir": str(config),
+        "key_store": {"backend": "soft", "path": str(tmp_path / "keys" / "keys.db"),
+                      "audit_path": str(tmp_path / "keys" / "audit.jsonl"),
+                      "hmk": {"source": "passphrase_file",
+                              "passphrase_file": str(config / "demo" / "hmk-passphrase.txt")}},
+        "storage": {"root": str(tmp_path / "var"), "inbound": str(tmp_path / "inbound")},
+    }))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    rc = main(["demo", "--cards", "3", "--errors", "0", "--seed", "5", "--workers", "1",
+               "--settings", str(settings)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "verify: OK, 3 cards" in out
