@@ -208,6 +208,26 @@ def test_a_file_not_in_the_inbound_folder_fails_the_run_at_once(
     assert sorted((env.storage / "batches" / "demo").iterdir()) == before
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: wait_for_files has soft_fail=True, which turns the ConfigError of a broken "
+    "configuration (AirflowFailException) into a skip: the sweep ends green, reason lost",
+)
+def test_a_broken_configuration_fails_the_sweep(
+    env: DemoEnv, bag: DagBag, first_run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep (``file`` empty) that cannot read its configuration fails; it is not skipped."""
+    settings = yaml.safe_load(env.settings_path.read_text())
+    settings["batch"]["chunk_size"] = 0  # ConfigError: batch.chunk_size must be positive
+    bad = env.root / "settings-broken.yaml"
+    bad.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    monkeypatch.setenv("CARDPREP_SETTINGS", str(bad))
+    run = bag.dags["card_batch_demo"].test(
+        run_conf={"file": "", "shard_size": SHARD, "dry_run": False, "force": False}
+    )
+    assert str(run.state) == "failed"
+
+
 def test_retrigger_after_a_cut_short_reconcile_only_reconciles(
     env: DemoEnv, bag: DagBag, first_run: Any
 ) -> None:
