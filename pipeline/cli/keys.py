@@ -201,12 +201,54 @@ def _context(
         registry.close()
 
 
+#: Plan step fields whose command-line option is not simply ``--field-name``.
+_OPTION_OF = {
+    "expected_kcv": "--kcv", "custodians": "--custodian", "export": "--exportability",
+    "components": "--component-file", "file": "--key-block", "label": "LABEL",
+}  # fmt: skip
+
+
+def _option(field: str) -> str:
+    """The option that sets plan step field ``field``.
+
+    Example:
+        >>> _option("expected_kcv"), _option("wait_days"), _option("'owner'")
+        ('--kcv', '--wait-days', '--owner')
+    """
+    name = field.strip(" '")
+    return _OPTION_OF.get(name, "--" + name.replace("_", "-"))
+
+
+def _as_options(exc: ConfigError) -> ConfigError:
+    """An error about the command's one-step plan, in terms of the command's options.
+
+    Example:
+        >>> str(_as_options(ConfigError("steps[1]", "enter-key needs ['owner', 'expected_kcv']")))
+        'options: enter-key needs --owner, --kcv'
+        >>> str(_as_options(ConfigError("steps[1].wait_days", "not an integer: 'x'")))
+        "--wait-days: not an integer: 'x'"
+    """
+    where = exc.field.removeprefix("steps[1]")
+    if where == exc.field:
+        return exc
+    if where.startswith("."):
+        return ConfigError(_option(where[1:].split("[")[0]), exc.detail)
+    head, sep, names = exc.detail.partition(" needs [")
+    if not sep:
+        return ConfigError("options", exc.detail)
+    return ConfigError("options", f"{head} needs " + ", ".join(map(_option, names[:-1].split(","))))
+
+
 def _run_one(args: argparse.Namespace, step: dict[str, Any], *, out_dir: Path | None = None) -> int:
     """Run one key-management step as a one-step ceremony under ``--by`` / ``--witness``."""
-    plan = parse_plan(
-        {"ceremony": f"cli-{step['action']}", "officer": args.by, "witness": args.witness,
-         "steps": [step]}
-    )  # fmt: skip
+    given = {k: v for k, v in step.items() if v is not None}  # an option not given: "needs --x"
+    try:
+        plan = parse_plan(
+            {"ceremony": f"cli-{step['action']}", "officer": args.by, "witness": args.witness,
+             "steps": [given]}
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise _as_options(exc) from None
     settings = settings_of(args)
     store = open_store(args)
     try:

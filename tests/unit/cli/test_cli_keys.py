@@ -379,3 +379,30 @@ def test_export_option_refusals(
                *DUAL, *demo])  # fmt: skip
     assert rc == 2 and "2..3 custodians, got 1" in capsys.readouterr().err
     assert not (tmp_path / "envelopes").exists()
+
+
+def test_a_missing_or_bad_option_is_named_as_the_option_not_as_a_plan_field(
+    demo: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in (1, 2):
+        (tmp_path / f"p{i}.hex").write_text("00" * 16)
+    components = ["--component-file", str(tmp_path / "p1.hex"), "--custodian", "alice",
+                  "--component-file", str(tmp_path / "p2.hex"), "--custodian", "bob"]  # fmt: skip
+    tk = ["--algorithm", "tdes2", "--usage", "K0", "--role", "tk", "--owner", "bureau:demo"]
+    cases = [
+        (["keys", "import", "k1", *tk, *components, "--sender", "x:y"],
+         "cardprep: error: options: enter-key needs --kcv"),
+        (["keys", "import", "k1", *components, "--kcv", "ABCDEF", "--sender", "x:y"],
+         "cardprep: error: options: enter-key needs --algorithm, --usage, --role, --owner"),
+        (["keys", "import", "k1", *tk, *components, "--kcv", "XYZ", "--sender", "x:y"],
+         "cardprep: error: --kcv: expected hex digits, got 'XYZ'"),
+        (["keys", "generate", "k1", *tk, "--as-components"],
+         "cardprep: error: options: generate-components needs --custodian"),
+        (["keys", "destroy", "k1", "--wait-days", "-5"],
+         "cardprep: error: --wait-days: expected a non-negative integer: -5"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main([*argv, *DUAL, *demo]) == 2
+        err = capsys.readouterr().err
+        assert message in err, argv
+        assert "steps[" not in err and "None" not in err
