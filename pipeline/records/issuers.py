@@ -30,7 +30,7 @@ _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _BIN_RE = re.compile(r"^[0-9]{1,11}$")
 _KEYS = {
     "id", "name", "layout", "kek", "kek_algorithm", "bureau", "retention_days",
-    "inbound", "bins", "sample",
+    "inbound", "bins", "sample", "header_issuer_id",
 }  # fmt: skip
 _KEK_BLOCK = {"tdes": 8, "aes": 16, "sm4": 16}
 
@@ -51,6 +51,8 @@ class IssuerConfig:
     sample: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     _lengths: tuple[int, ...] = ()
+    #: What the file header's ``issuer_id`` must say (None: not checked).
+    header_issuer_id: str | None = None
 
     @property
     def kek_block_size(self) -> int:
@@ -130,6 +132,11 @@ def parse_issuer(data: Any, source: str = "<issuer>") -> IssuerConfig:
     sample = data.get("sample", {}) or {}
     if not isinstance(sample, Mapping):
         raise ConfigError(f"{source}: sample", "must be a mapping")
+    header_id = data.get("header_issuer_id")
+    if header_id is not None and (not isinstance(header_id, str) or not header_id.strip()):
+        raise ConfigError(
+            f"{source}: header_issuer_id", f"must be a non-empty string, got {header_id!r}"
+        )
     return IssuerConfig(
         id=issuer_id,
         name=str(data.get("name", issuer_id)),
@@ -143,4 +150,5 @@ def parse_issuer(data: Any, source: str = "<issuer>") -> IssuerConfig:
         sample=MappingProxyType(dict(sample)),
         source=source,
         _lengths=tuple(sorted({len(b) for b in bins}, reverse=True)),
+        header_issuer_id=header_id,
     )

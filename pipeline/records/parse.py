@@ -84,6 +84,7 @@ class Check(Enum):
     BOM = "bom"
     LINE_ENDINGS = "line_endings"
     HEADER = "header"
+    ISSUER = "issuer"
     TRAILER_MISSING = "trailer_missing"
     TRAILER = "trailer"
     COUNT = "count"

@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PublishError, ReconciliationError
+from pipeline.errors import InputFileCheckError, PublishError, ReconciliationError
 from pipeline.io.atomic import write_text_atomic
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.paths import BatchPaths, batch_id_for
@@ -47,12 +47,12 @@ from pipeline.keys.store import KeyStore
 from pipeline.profiles.loader import product_path
 from pipeline.records.issuers import IssuerConfig, load_issuer
 from pipeline.records.layout import Layout, load_layout
-from pipeline.records.parse import FileSummary, iter_records, verify_file
+from pipeline.records.parse import Check, FileSummary, iter_records, verify_file
 from pipeline.records.validate import CardRecord, Validator
 from pipeline.steps.audit import audit_batch
 from pipeline.steps.context import BatchSettings, batch_settings, opened_store
 
-__all__ = ["PARSED_FORMAT", "refuse_or_supersede", "verify_and_parse"]
+__all__ = ["PARSED_FORMAT", "check_header_issuer", "refuse_or_supersede", "verify_and_parse"]
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,30 @@ def _available_products(products: frozenset[str], config_dir: Path) -> list[str]
     return sorted(p for p in products if product_path(p, config_dir).exists())
 
 
+def check_header_issuer(cfg: IssuerConfig, summary: FileSummary, source: Path) -> None:
+    """Refuse a file whose header names another issuer than the one it is run for.
+
+    The issuer config's ``header_issuer_id`` is what that issuer's files say
+    in the header field ``issuer_id`` (docs/INPUT.md); a file delivered to
+    the wrong inbound folder, or run with the wrong ``--issuer``, would
+    otherwise be prepared with this issuer's KEK, BIN table and products.
+    No ``header_issuer_id`` configured: not checked.
+
+    Example:
+        >>> check_header_issuer(load_issuer("demo"), summary, Path("x.dat"))  # doctest: +SKIP
+    """
+    expected = cfg.header_issuer_id
+    if expected is None:
+        return
+    found = summary.header.get("issuer_id", "")
+    if found != expected:
+        raise InputFileCheckError(
+            str(source),
+            Check.ISSUER.value,
+            f"header issuer_id {found!r} is not issuer {cfg.id}'s {expected!r}",
+        )
+
+
 def verify_and_parse(
     issuer: str,
     path: str | Path,
@@ -147,6 +171,7 @@ def verify_and_parse(
     layout = load_layout(cfg.layout, bs.config_dir)
     source = Path(path)
     summary = verify_file(source, layout)
+    check_header_issuer(cfg, summary, source)
     batch_id = batch_id_for(summary.sha256)
     paths = bs.paths(cfg.id, batch_id)
     day = batch_date or summary.batch_date or date.today()

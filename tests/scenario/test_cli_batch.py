@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipeline.cli.main import main
+from pipeline.io.paths import batch_id_for, sha256_file
 from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
     BatchEnv,
     Published,
@@ -40,6 +41,27 @@ def test_run_of_a_missing_or_unreadable_file_is_a_read_error_not_a_traceback(
     assert rc == 2
     assert f"cardprep: error: {missing} [read]: cannot open" in err
     assert "Traceback" not in err
+
+
+def test_run_of_a_file_whose_header_names_another_issuer_is_refused(
+    env: BatchEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The header's issuer_id must be the issuer's ``header_issuer_id`` (docs/INPUT.md)."""
+    good = env.sample("other-issuer-src.dat", 6).path
+    other = good.with_name("other-issuer.dat")
+    lines = good.read_bytes().splitlines(keepends=True)
+    assert lines[0].startswith(b"HDEMO    ")
+    other.write_bytes(b"HOTHER   " + lines[0][9:] + b"".join(lines[1:]))
+    rc = main(["run", "--issuer", "demo", "--file", str(other),
+               "--settings", _settings_file(env, tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"{other} [issuer]: header issuer_id 'OTHER' is not issuer demo's 'DEMO'" in err
+    batch_id = batch_id_for(sha256_file(other))
+    left = [p.name for d in env.root.rglob(batch_id) for p in d.iterdir()]
+    assert left in ([], [".lock"]), f"a refused file left {left}"  # nothing staged or published
+    assert main(["run", "--issuer", "demo", "--file", str(good), "--dry-run",
+                 "--settings", _settings_file(env, tmp_path)]) == 0  # fmt: skip
 
 
 @pytest.fixture

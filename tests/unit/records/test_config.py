@@ -106,6 +106,7 @@ def test_issuers_load() -> None:
         cfg = load_issuer(issuer_id)
         assert cfg.layout == layout and cfg.kek == "demo-kek" and cfg.kek_block_size == 8
         assert cfg.products == {"demo-visa-rsa", "demo-pboc-sm2"}
+        assert cfg.header_issuer_id == "DEMO"  # what the demo files' headers say
 
 
 def test_longest_prefix_wins() -> None:
@@ -127,6 +128,8 @@ def test_longest_prefix_wins() -> None:
     ({"id": "Demo"}, "invalid issuer id"),
     ({"kek": ""}, "kek"),
     ({"extra": 1}, "unknown key"),
+    ({"header_issuer_id": ""}, "header_issuer_id"),
+    ({"header_issuer_id": 7}, "header_issuer_id"),
 ])
 def test_broken_issuers(changes: dict[str, Any], message: str) -> None:
     base = {"id": "x", "layout": "demo-fixed", "kek": "k", "bureau": "b", "bins": {"4": "p"}}
