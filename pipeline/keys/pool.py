@@ -274,13 +274,18 @@ def pool_key_label(tk_algorithm: KeyAlgorithm) -> str:
 
 
 def storage_key(store: KeyStore, tk: KeyRef, *, actor: str | None = None) -> KeyRef:
-    """The active pool storage key matching ``tk``'s algorithm.
+    """The active pool storage key matching ``tk``'s algorithm (``tk`` must have role TK).
 
     With ``actor`` it is created when missing (``store.generate``: AES/3DES/SM4
     like the TK, usage K0, role KEK, non-exportable, audited by the store);
     without, a missing key raises :class:`~pipeline.errors.KeyNotFoundError`.
     """
-    algorithm = store.get(tk).algorithm
+    record = store.get(tk)
+    if record.role is not KeyRole.TK:
+        raise KeyPoolError(
+            str(tk), f"has role {record.role.value}: the pool is chosen by a transport key (tk)"
+        )
+    algorithm = record.algorithm
     if not algorithm.is_symmetric:
         raise KeyPoolError(str(tk), f"is {algorithm.value}: a TK is a block-cipher key")
     label = pool_key_label(algorithm)

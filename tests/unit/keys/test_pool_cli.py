@@ -101,6 +101,8 @@ def test_fill_status_burn_through_the_cli(
         (["--algorithm", "rsa", "--count", "1"], "bits"),
         (["--algorithm", "sm2", "--count", "-1"], "--count"),
         (["--algorithm", "sm2", "--count", "1", "--workers", "0"], "--workers"),
+        # an IMK is not a transport key: it must not choose the pool (QA found it accepted)
+        (["--algorithm", "sm2", "--count", "1", "--tk", "demo-imk-ac"], "demo-imk-ac@v1"),
     ],
 )
 def test_fill_refuses_bad_arguments(
