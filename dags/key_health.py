@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
 from cardprep_airflow import dagconfig
 from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
@@ -48,15 +49,26 @@ log = logging.getLogger(__name__)
 def key_health() -> None:
     @task(multiple_outputs=False)
     def check_keys(params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """pipeline.steps.key_health.key_health over the store the Connection opens."""
+        """pipeline.steps.key_health.key_health over the store the Connection opens.
+
+        Unhealthy keys fail the task at once (``AirflowFailException``): a retry
+        cannot cure a KCV mismatch or an expired certificate, it only delays
+        the alert.  A store that cannot be opened is retried as before.
+        """
         from pipeline.steps.key_health import key_health as step  # noqa: PLC0415 (parse time)
 
         assert params is not None
         with KeyStoreHook().session() as (_, store):
-            report = step(store, warn_days=int(params["warn_days"]))
+            report = step(store, warn_days=int(params["warn_days"]), fail=False)
         for cert in report["expiring"]:
             log.warning("certificate of %s expires %s (%d days left)",
                         cert["key"], cert["valid_through"], cert["days_left"])  # fmt: skip
+        if not report["healthy"]:
+            bad = [c["key"] for c in report["kcv_failures"]] + [c["key"] for c in report["expired"]]
+            raise AirflowFailException(
+                f"{len(report['kcv_failures'])} KCV failure(s), {len(report['expired'])} expired "
+                f"certificate(s): {', '.join(bad)}"
+            )
         return report
 
     check_keys()

@@ -130,3 +130,37 @@ def test_retention_purges_a_backdated_published_batch(env: DemoEnv, bag: DagBag)
     assert '"retention.purge"' in trail and summary["batch_id"] in trail
     with pytest.raises(BatchPurgedError, match=f"audit event {done['purged'][0]['audit_seq']}"):
         verify_batch(manifest_path.parent, settings)
+
+
+def test_an_unhealthy_key_fails_key_health_at_once(
+    env: DemoEnv,
+    bag: DagBag,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A KCV mismatch is not cured by a retry: the run fails on the first try, naming the key.
+
+    key_health raised KeyStoreError, which fail_fast_on_permanent_errors does not
+    cover (it is also the base of transient store errors), so the task was
+    retried 3 times with backoff before anyone was alerted.
+    """
+    import pipeline.steps.key_health as kh  # noqa: PLC0415
+
+    real = kh.check_keys
+
+    def one_kcv_fails(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        report = real(*args, **kwargs)
+        bad = {**report["kcv_ok"][0], "kcv": "000000", "ok": False}
+        return {**report, "kcv_ok": report["kcv_ok"][1:], "kcv_failures": [bad], "healthy": False}
+
+    monkeypatch.setattr(kh, "check_keys", one_kcv_fails)
+    run = bag.dags["key_health"].test(run_conf={"warn_days": 90})
+    assert str(run.state) == "failed"
+    from airflow.models.taskinstance import TaskInstance  # noqa: PLC0415
+
+    with create_session() as session:
+        (ti,) = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+        )
+        assert (str(ti.state), ti.try_number) == ("failed", 1)
+    assert "1 KCV failure(s), 0 expired certificate(s): audit-mac@v1" in capsys.readouterr().out
