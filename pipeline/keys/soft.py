@@ -1241,6 +1241,8 @@ class SoftKeyStore:
         self, record: KeyRecord, key: bytes, *, source: str, custodians: Sequence[str]
     ) -> None:
         """Store ``record`` (inside a transaction); an ACTIVE one deactivates the previous."""
+        if source != "generated":  # a random key never repeats one; an entered one can
+            self._refuse_stored_value(record, key)
         if record.state is KeyState.ACTIVE:
             self._deactivate_others(record.ref)
         row: dict[str, Any] = {
@@ -1261,6 +1263,38 @@ class SoftKeyStore:
             f"INSERT INTO keys ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",  # noqa: S608
             tuple(row.values()),
         )
+
+    def _refuse_stored_value(self, record: KeyRecord, key: bytes) -> None:
+        """Key separation: refuse a symmetric key whose value a stored key already has.
+
+        One key, one purpose (PCI PIN Security Requirement 19; X9.24-1 key
+        separation): the same value entered again under another label or
+        usage (an IMK imported as a TK, a KEK re-entered as a new version)
+        would let one key serve two roles.  Every stored row of the same
+        algorithm is unwrapped and compared in constant time (whatever its KCV
+        method); a destroyed row has no block left to compare.  Entered keys
+        only (components, key blocks): a generated key is random.  The message
+        names the stored key, never a value.
+
+        Example:
+            >>> store.import_components("copy", ..., [c1, c2], kcv, ...)  # doctest: +SKIP
+            KeyStoreError: copy@v1: the same key value is already stored as demo-tk@v1 ...
+        """
+        if not record.algorithm.is_symmetric:
+            return
+        rows = self._conn.execute(
+            f"SELECT {self._ROW_SELECT} FROM keys "  # noqa: S608
+            "WHERE algorithm=? AND key_block IS NOT NULL",
+            (record.algorithm.value,),
+        ).fetchall()
+        for raw in rows:
+            other = self._record_from_row(self._checked_row(raw))
+            if hmac.compare_digest(self._unwrap_at_rest(other), key):
+                raise KeyStoreError(
+                    str(record.ref),
+                    f"the same key value is already stored as {other.ref} (usage "
+                    f"{other.usage.value}, {other.state.value}): one key, one purpose",
+                )
 
     def _deactivate_others(self, ref: KeyRef) -> list[KeyRef]:
         rows = self._conn.execute(

@@ -184,9 +184,13 @@ def test_generate_as_components_then_export_and_import(
         main(["keys", "export", "demo-tk", "--kbpk", "zmk", "--out", str(block_file), *DUAL, *demo])
         == 0
     )
-    header, _tk = tr31.unwrap(zmk, block_file.read_text().strip())
+    header, tk_value = tr31.unwrap(zmk, block_file.read_text().strip())
     assert header.key_usage == "K0"
     capsys.readouterr()
+    main(["keys", "list", *demo])
+    rows = {ln.split()[0]: ln.split()[5] for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["demo-tk"] == kcv(tk_value, "tdes").hex().upper()  # the block holds demo-tk
+    # Entering it again in the same store is refused: one key value, one purpose.
     rc = main(
         [
             "keys",
@@ -206,11 +210,9 @@ def test_generate_as_components_then_export_and_import(
             *demo,
         ]
     )
-    assert rc == 0
-    capsys.readouterr()
-    main(["keys", "list", *demo])
-    rows = {ln.split()[0]: ln.split()[5] for ln in capsys.readouterr().out.splitlines()[1:]}
-    assert rows["demo-tk-copy"] == rows["demo-tk"]
+    err = capsys.readouterr().err
+    assert rc == 2 and "demo-tk-copy@v1" in err and "already stored as demo-tk@v" in err
+    assert tk_value.hex().upper() not in err.upper()
 
 
 def test_import_components_with_answers(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pyemv import tools as pyemv_tools
 
@@ -239,13 +239,23 @@ def test_audit_failure_returns_nothing(
 
 # --- property -------------------------------------------------------------------------------
 
+#: Values entered into the module's store by the property test (hypothesis may repeat one).
+_ENTERED: dict[str, set[bytes]] = {}
+
 
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(key=st.binary(min_size=16, max_size=16), count=st.sampled_from([2, 3]))
 def test_export_recombines_to_the_entered_key(store: SoftKeyStore, key: bytes, count: int) -> None:
-    """Random keys: the store's split recombines (pyemv XOR) to the key, KCVs agree with pyemv."""
+    """Random keys: the store's split recombines (pyemv XOR) to the key, KCVs agree with pyemv.
+
+    Hypothesis may draw a value twice, and the store refuses a value it
+    already holds (key separation, test_key_separation.py): a repeat is skipped.
+    """
+    entered = _ENTERED.setdefault(str(store.path), set())
+    assume(key not in entered)
+    entered.add(key)
     label = f"p-{secrets.token_hex(4)}"
     ref = _enter(store, label, key)
     parts = store.export_components(ref, count, custodians=CUSTODIANS[:count], actor="km1+aud1")

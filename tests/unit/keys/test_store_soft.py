@@ -43,7 +43,9 @@ from tests.unit.keys.storekit import HMK, FakeClock, new_store
 
 IMK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 TK = bytes.fromhex("11111111111111112222222222222222")
-SM4_TK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+SM4_TK = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
+#: Its own value: the store refuses one key value under two labels (key separation).
+KEK = bytes.fromhex("0123456789ABCDEF1032547698BADCFE")
 KMC = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
 ZERO16 = bytes(16)
 
@@ -66,7 +68,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SoftKeyStore:
     _import(s, "sm4-imk", KeyAlgorithm.SM4, KeyUsage.E0, KeyRole.IMK_AC, IMK)
     _import(s, "tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, TK, owner="bureau:demo")
     _import(s, "sm4-tk", KeyAlgorithm.SM4, KeyUsage.K0, KeyRole.TK, SM4_TK, owner="bureau:demo")
-    _import(s, "kek", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.KEK, IMK, mode_of_use="D")
+    _import(s, "kek", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.KEK, KEK, mode_of_use="D")
     _import(s, "kmc", KeyAlgorithm.TDES2, KeyUsage.E5, KeyRole.KMC, KMC)
     return s
 
@@ -128,7 +130,7 @@ def test_diversify_and_wrap_matches_gp(store: SoftKeyStore) -> None:
 
 def test_translate_kek_to_tk(store: SoftKeyStore) -> None:
     secret = bytes.fromhex("041234FFFFFFFFFF0123456789ABCDEF")
-    under_kek = BlockCipher(Algorithm.TDES, IMK).encrypt_ecb(secret)
+    under_kek = BlockCipher(Algorithm.TDES, KEK).encrypt_ecb(secret)
     under_tk = store.translate(under_kek, KeyRef("kek", 1), KeyRef("tk", 1))
     assert _tk_decrypt(TK, Algorithm.TDES, under_tk) == secret
     to_sm4 = store.translate(under_kek, KeyRef("kek", 1), KeyRef("sm4-tk", 1))
