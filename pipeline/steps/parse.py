@@ -267,7 +267,9 @@ def _parse(  # noqa: PLR0917 (internal)
         "input_name": source.name,
         "input_sha256": summary.sha256,
         "input_size": summary.size,
-        "input_hash_total": summary.hash_total,
+        # that the trailer's hash total matched, not its value: a pan_sum of a
+        # one-card file is the PAN's last digits (PAN at most first 6 / last 4)
+        "input_hash_check": f"{layout.hash_total.method.value} matched the trailer",
         "layout": layout.name,
         "batch_date": day.isoformat(),
         "batch_dir": str(paths.base),

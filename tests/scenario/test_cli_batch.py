@@ -127,3 +127,25 @@ def test_demo_reads_its_test_keys_from_the_configured_config_dir(
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert "verify: OK, 3 cards" in out
+
+
+def test_a_one_card_file_leaves_no_pan_digits_in_the_parse_result_or_manifest(
+    env: BatchEnv, tmp_path: Path
+) -> None:
+    """QA: a pan_sum hash total of one card is that PAN's last 10 digits (PAN: 6 + 4 at most)."""
+    from pipeline.keys.settings import load_settings  # noqa: PLC0415
+    from pipeline.steps.batch import run_batch  # noqa: PLC0415
+    from pipeline.steps.parse import verify_and_parse  # noqa: PLC0415
+
+    one = env.sample("one-card.dat", 1).path
+    trailer = one.read_bytes().splitlines()[-1].decode()
+    pan_sum = trailer[10:28]  # demo-fixed trailer: hash_total at 11..28 (docs/INPUT.md)
+    assert pan_sum.isdigit() and int(pan_sum) > 0
+    settings = load_settings(Path(_settings_file(env, tmp_path)))
+    parsed = verify_and_parse("demo", one, settings, stage=False)
+    assert pan_sum.lstrip("0") not in json.dumps(parsed)
+    assert parsed["input_hash_check"] == "pan_sum matched the trailer"
+    summary = run_batch("demo", one, settings)
+    manifest = Path(summary["manifest"]).read_text()
+    assert pan_sum.lstrip("0") not in manifest
+    assert json.loads(manifest)["input"]["hash_total_check"] == "pan_sum matched the trailer"

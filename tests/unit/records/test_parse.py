@@ -134,6 +134,20 @@ def test_hash_total_mismatch(tmp_path: Path, name: str) -> None:
     assert _check(p, name) == Check.HASH_TOTAL.value
 
 
+def test_a_pan_sum_mismatch_shows_no_pan_digits(tmp_path: Path) -> None:
+    """QA: a one-card file's pan_sum is its PAN's last 10 digits; the error must not print it."""
+    layout = load_layout("demo-fixed")
+    partial = "476173987654321"
+    card = {**GOOD, "pan": partial + luhn_check_digit(partial)}
+    details = [line_for(layout, card)]
+    p = write_file(tmp_path / "in", layout, details, total="1".zfill(18))
+    with pytest.raises(InputFileCheckError) as caught:
+        verify_file(p, layout)
+    message = str(caught.value)
+    assert caught.value.check == Check.HASH_TOTAL.value and "values not shown" in message
+    assert card["pan"][-10:] not in message and pan_sum(details, layout) not in message
+
+
 def test_a_changed_pan_breaks_the_hash_total(tmp_path: Path) -> None:
     layout = load_layout("demo-fixed")
     details = [line_for(layout, c) for c in _cards(3)]
