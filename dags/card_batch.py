@@ -11,7 +11,8 @@ the asset `cardprep_inbound_<issuer>` gets an event (the intake system posts
 one over the REST API, `POST /api/v2/assets/events`, when it has delivered a
 file).  A nightly run first waits for a file in the issuer's inbound folder
 (sensor in *reschedule* mode: no worker slot is held while waiting; it gives
-up quietly after the configured timeout).
+up quietly after the configured timeout: the run succeeds with nothing to
+prepare; a broken configuration still fails it).
 
 **Tasks**, each one call into `pipeline.steps` (the CLI `cardprep run` calls
 the same functions):
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import (
@@ -70,6 +71,16 @@ SECTION = CFG.section("card_batch")
 WAIT = dict(SECTION.get("wait_for_files") or {})
 POOL = str(SECTION.get("pool", "hsm"))
 log = logging.getLogger(__name__)
+POKE_SECONDS = int(WAIT.get("poke_interval_seconds", 300))
+#: A nightly run waits this long for a file, then ends quietly with nothing to prepare.
+QUIET_AFTER = int(WAIT.get("timeout_seconds", 21600))
+
+
+def waited_seconds(started: datetime | None, now: datetime | None = None) -> float:
+    """Seconds since ``started`` (the DAG run's start; 0 when unknown)."""
+    if started is None:
+        return 0.0
+    return ((now or datetime.now(UTC)) - started).total_seconds()
 
 
 def build(issuer: str) -> Any:
@@ -118,17 +129,20 @@ def build(issuer: str) -> Any:
     def card_batch() -> None:
         @task.sensor(
             mode="reschedule",
-            poke_interval=int(WAIT.get("poke_interval_seconds", 300)),
-            timeout=int(WAIT.get("timeout_seconds", 21600)),
-            soft_fail=True,
+            poke_interval=POKE_SECONDS,
+            # a backstop only: the sensor ends the wait itself at QUIET_AFTER (below)
+            timeout=QUIET_AFTER + 3 * POKE_SECONDS,
         )
         def wait_for_files(
             params: dict[str, Any] | None = None, dag_run: Any = None
         ) -> PokeReturnValue:
             """Files to prepare: the named one, else every new file (nightly runs wait for one).
 
-            A named file is checked by ``verify_and_parse``, not here: ``soft_fail``
-            turns any AirflowFailException of a sensor into a quiet skip.
+            A nightly run that sees no file for ``timeout_seconds`` ends the wait
+            with an empty list (nothing to prepare, a quiet success).  Not
+            ``soft_fail``: that also turns every AirflowFailException raised
+            here (a broken configuration) into a skip, and the run ended green
+            with the reason lost.  A named file is checked by ``verify_and_parse``.
             """
             from pipeline.steps.detect import detect  # noqa: PLC0415 (parse time)
 
@@ -138,7 +152,14 @@ def build(issuer: str) -> Any:
             with fail_fast_on_permanent_errors():
                 files = detect(issuer, KeyStoreHook().settings())
             scheduled = dag_run is not None and str(dag_run.run_type) == "scheduled"
-            return PokeReturnValue(bool(files) or not scheduled, files)
+            if files or not scheduled:
+                return PokeReturnValue(True, files)
+            waited = waited_seconds(getattr(dag_run, "start_date", None))
+            if waited >= QUIET_AFTER:
+                log.info("issuer %s: no new file after %d s; nothing to prepare in this run",
+                         issuer, waited)  # fmt: skip
+                return PokeReturnValue(True, [])
+            return PokeReturnValue(False, [])
 
         @task(multiple_outputs=False)
         def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -208,11 +208,6 @@ def test_a_file_not_in_the_inbound_folder_fails_the_run_at_once(
     assert sorted((env.storage / "batches" / "demo").iterdir()) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: wait_for_files has soft_fail=True, which turns the ConfigError of a broken "
-    "configuration (AirflowFailException) into a skip: the sweep ends green, reason lost",
-)
 def test_a_broken_configuration_fails_the_sweep(
     env: DemoEnv, bag: DagBag, first_run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,6 +221,29 @@ def test_a_broken_configuration_fails_the_sweep(
         run_conf={"file": "", "shard_size": SHARD, "dry_run": False, "force": False}
     )
     assert str(run.state) == "failed"
+
+
+def test_a_nightly_run_without_a_file_waits_then_ends_quietly(
+    env: DemoEnv, bag: DagBag, first_run: Any
+) -> None:
+    """The sensor's own deadline: keep poking before ``timeout_seconds``, then an empty list."""
+    from datetime import UTC, datetime, timedelta  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    import card_batch  # noqa: PLC0415 (the DAG module the bag parsed)
+
+    poke = bag.dags["card_batch_demo"].get_task("wait_for_files").python_callable
+    params = {"file": ""}  # the sample is published by first_run: nothing new
+    now = datetime.now(UTC)
+    fresh = SimpleNamespace(run_type="scheduled", start_date=now - timedelta(seconds=60))
+    waiting = poke(params=params, dag_run=fresh)
+    assert (waiting.is_done, waiting.xcom_value) == (False, [])
+    started = now - timedelta(seconds=card_batch.QUIET_AFTER + 1)
+    late = SimpleNamespace(run_type="scheduled", start_date=started)
+    done = poke(params=params, dag_run=late)
+    assert (done.is_done, done.xcom_value) == (True, [])
+    manual = SimpleNamespace(run_type="manual", start_date=now)
+    assert poke(params=params, dag_run=manual).is_done  # a triggered sweep never waits
 
 
 def test_retrigger_after_a_cut_short_reconcile_only_reconciles(
