@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import AuditError
+from pipeline.io.atomic import ensure_private_file
 
 __all__ = [
     "GENESIS_HASH",
@@ -245,6 +246,7 @@ class AuditTrail:
         _check_no_secrets(subject, details)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_file(self.path)
             with open(self.path, "a+", encoding="utf-8") as fh:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 try:

@@ -22,6 +22,29 @@ from pathlib import Path
 from typing import IO
 
 
+def ensure_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (then it is left as it is).
+
+    For files opened in place rather than written atomically: the key store,
+    the ICC key pool and the ceremony databases (SQLite gives its ``-wal`` and
+    ``-shm`` files the database file's mode) and the audit trail.  Created
+    through ``open``/``sqlite3`` they got the umask's 0644: key metadata and
+    wrapped keys readable by every local account.
+
+    Example:
+        >>> import tempfile, pathlib, stat
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "keys.db"
+        >>> ensure_private_file(p)
+        >>> oct(stat.S_IMODE(p.stat().st_mode))
+        '0o600'
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def fsync_dir(directory: Path) -> None:
     """Flush a directory entry (the rename) to stable storage."""
     fd = os.open(directory, os.O_RDONLY)

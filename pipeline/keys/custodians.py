@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.errors import AuditError, CustodianError, InvalidInputError
+from pipeline.io.atomic import ensure_private_file
 
 __all__ = [
     "COMPONENT_HOLDER_ROLES",
@@ -240,6 +241,7 @@ CREATE TABLE IF NOT EXISTS component_holdings (
 def connect(path: Path) -> sqlite3.Connection:
     """Open (creating if needed) the ceremony database at ``path``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    ensure_private_file(Path(path))
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA foreign_keys = ON")

@@ -80,6 +80,7 @@ from pipeline.errors import (
     KeyPoolEmptyError,
     KeyPoolError,
 )
+from pipeline.io.atomic import ensure_private_file
 from pipeline.io.workers import exit_with_parent
 from pipeline.keys.model import (
     Exportability,
@@ -358,6 +359,7 @@ class KeyPool:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            ensure_private_file(self.path)  # entries are keys (encrypted): owner only
             self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=timeout)
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             self._conn.execute("PRAGMA journal_mode=WAL")

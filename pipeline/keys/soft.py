@@ -113,6 +113,7 @@ from pipeline.errors import (
     KeyStoreError,
     KeyUsageError,
 )
+from pipeline.io.atomic import ensure_private_file
 from pipeline.keys.components import (
     MAX_XOR_COMPONENTS,
     MIN_XOR_COMPONENTS,
@@ -421,6 +422,7 @@ class SoftKeyStore:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30
                 )
             else:
+                ensure_private_file(path)  # 0600, and so are its -wal / -shm files
                 conn = sqlite3.connect(path, isolation_level=None, timeout=30)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA secure_delete=ON")
