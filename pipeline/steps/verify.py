@@ -338,6 +338,35 @@ def _check_files(base: Path, manifest: dict[str, Any], run: _Run) -> set[str]:
     return bad
 
 
+#: What a published batch directory holds besides the files its manifest lists.
+_UNLISTED_OK_DIRS = frozenset({"staging", "superseded"})  # an unreconciled run; a forced re-run
+
+
+def _check_unlisted(base: Path, manifest: dict[str, Any], run: _Run) -> None:
+    """Every output file of the batch is one the manifest lists (nothing slipped in beside them).
+
+    Allowed besides: ``manifest.json``, lock files (``.lock``, ``parts/.part-N.lock``),
+    each shard's intermediate ``parts/part-N.rejects.parquet`` (its rows are in
+    the listed ``rejects.parquet``), the ``staging/`` and ``superseded/``
+    directories, and a format-1 manifest's reports (written after it).  A
+    Parquet part or bureau file that is not listed would be picked up by
+    anyone globbing the directory, unverified.
+    """
+    listed = {str(f["path"]) for f in manifest.get("files", [])}
+    if manifest.get("format") == LEGACY_MANIFEST_FORMAT:  # reports written after the manifest
+        listed |= {"report.json", "report.html"}
+    for path in sorted(base.rglob("*")):
+        rel = path.relative_to(base)
+        if path.is_dir() or rel.parts[0] in _UNLISTED_OK_DIRS or path.name.startswith("."):
+            continue
+        name = rel.as_posix()
+        if name in listed or name == "manifest.json":
+            continue
+        if rel.parent.name == "parts" and path.name.endswith(".rejects.parquet"):
+            continue
+        run.fail(str(path), "unlisted", "in the batch but not in its manifest")
+
+
 def _check_report(  # noqa: PLR0917 (internal)
     ks: KeyStore, base: Path, manifest: dict[str, Any], run: _Run, where: str, bad: set[str]
 ) -> None:
@@ -445,6 +474,7 @@ def verify_batch(
         raise_if_purged(paths, ks)  # outputs gone on purpose: BatchPurgedError, not "missing"
         _check_keys(ks, manifest, run, where)
         bad = _check_files(base, manifest, run)
+        _check_unlisted(base, manifest, run)
         _check_counts(base, manifest, run, where, bad)
         _check_report(ks, base, manifest, run, where, bad)
         if cards:

@@ -149,3 +149,18 @@ def test_a_one_card_file_leaves_no_pan_digits_in_the_parse_result_or_manifest(
     manifest = Path(summary["manifest"]).read_text()
     assert pan_sum.lstrip("0") not in manifest
     assert json.loads(manifest)["input"]["hash_total_check"] == "pan_sum matched the trailer"
+
+
+def test_verify_refuses_a_file_the_manifest_does_not_list(
+    env: BatchEnv, batch_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """QA: a Parquet part added to a published batch passed ``cardprep verify``."""
+    settings = _settings_file(env, tmp_path)
+    assert main(["verify", str(batch_copy), "--no-rederive", "--settings", settings]) == 0
+    listed = sorted((batch_copy / "parts").glob("part-*[0-9].parquet"))
+    extra = batch_copy / "parts" / "part-09999.parquet"
+    shutil.copyfile(listed[0], extra)
+    capsys.readouterr()
+    assert main(["verify", str(batch_copy), "--no-rederive", "--settings", settings]) == 1
+    out = capsys.readouterr()
+    assert f"{extra} [unlisted]" in out.out + out.err
