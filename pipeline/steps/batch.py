@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -147,25 +148,34 @@ def pending_reconcile(issuer: str, path: str | Path, settings: Settings) -> dict
     paths = bs.paths(cfg.id, _batch_id_of(path))
     if not is_unreconciled(paths):
         return None
-    counts = load_manifest(paths.manifest)["counts"]
-    at_validation = int(counts["rejected_at_validation"])
     return {
         "batch_id": paths.batch_id,
         "batch_dir": str(paths.base),
         "resume": "reconcile",
-        "records": int(counts["in"]),
-        "valid": int(counts["in"]) - at_validation,
-        "rejected": at_validation,
+        **_parse_counts(load_manifest(paths.manifest)["counts"]),
     }
+
+
+def _parse_counts(counts: Mapping[str, Any]) -> dict[str, int]:
+    """The parse step's ``records`` / ``valid`` / ``rejected`` of a published batch.
+
+    From its manifest's counts (``rejected`` is what validation rejected).
+
+    Example:
+        >>> _parse_counts({"in": 10, "rejected_at_validation": 2})
+        {'records': 10, 'valid': 8, 'rejected': 2}
+    """
+    records, at_validation = int(counts["in"]), int(counts["rejected_at_validation"])
+    return {"records": records, "valid": records - at_validation, "rejected": at_validation}
 
 
 def _resumed(summary: dict[str, Any], manifest_path: Path, started: float) -> dict[str, Any]:
     """The summary of a run that only finished reconcile: counts from the manifest."""
     manifest = load_manifest(manifest_path)
-    counts = manifest["counts"]
+    parsed = _parse_counts(manifest["counts"])
     summary["resumed"] = "reconcile"
     summary["shards"] = len(manifest["shards"])
-    summary["records"] = counts["in"]
-    summary["valid"] = counts["in"] - counts["rejected_at_validation"]
+    summary["records"] = parsed["records"]
+    summary["valid"] = parsed["valid"]
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
