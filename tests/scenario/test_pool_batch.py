@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +25,7 @@ import yaml
 from pipeline.keys.demo import init_demo_store
 from pipeline.keys.pool import KeyPool, PoolSpec, fill, pool_path
 from pipeline.keys.settings import Settings, parse_settings
+from pipeline.keys.soft import SoftKeyStore
 from pipeline.records.sample import write_sample
 from pipeline.steps.batch import run_batch
 
@@ -57,6 +59,25 @@ def _settings(tmp: Path, cfg: Path) -> Settings:
     })  # fmt: skip
 
 
+def _store_with_pool(tmp: Path, settings: Settings, keys: int, **fill_kw: Any) -> SoftKeyStore:
+    """The demo store in ``tmp`` and its RSA-1152 e=3 pool filled with ``keys`` entries.
+
+    The caller closes the store.
+    """
+    store = init_demo_store(
+        tmp / "keys.db", CONFIG / "demo" / "keys.yaml",
+        passphrase_file=PASSPHRASE, audit_path=tmp / "audit.jsonl",
+    )  # fmt: skip
+    try:
+        with KeyPool(pool_path(settings)) as pool:
+            fill(store, pool, PoolSpec.of("rsa", 1152, 3), store.active("demo-tk"), keys,
+                 actor="ops", **fill_kw)  # fmt: skip
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def _part_hashes(summary: dict[str, object]) -> list[str]:
     parts = sorted((Path(str(summary["batch_dir"])) / "parts").glob("part-*[0-9].parquet"))
     return [
@@ -68,14 +89,8 @@ def _part_hashes(summary: dict[str, object]) -> list[str]:
 def test_pool_batch_on_two_workers(tmp_path: Path) -> None:
     cfg = _config(tmp_path)
     settings = _settings(tmp_path, cfg)
-    store = init_demo_store(
-        tmp_path / "keys.db", CONFIG / "demo" / "keys.yaml",
-        passphrase_file=PASSPHRASE, audit_path=tmp_path / "audit.jsonl",
-    )  # fmt: skip
+    store = _store_with_pool(tmp_path, settings, 40)
     try:
-        with KeyPool(pool_path(settings)) as pool:
-            fill(store, pool, PoolSpec.of("rsa", 1152, 3), store.active("demo-tk"), 40,
-                 actor="ops")  # fmt: skip
         sample = write_sample("demo", 24, tmp_path / "inbound" / "demo" / "a.dat", seed=3,
                               batch_date=BATCH_DATE, config_dir=cfg)  # fmt: skip
         first = run_batch("demo", sample.path, settings, shard_size=12, workers=2,

@@ -23,13 +23,17 @@ import pytest
 import yaml
 
 from pipeline.errors import KeyPoolEmptyError
-from pipeline.keys.demo import init_demo_store
-from pipeline.keys.pool import KeyPool, PoolSpec, PoolStatus, fill, pool_path
+from pipeline.keys.pool import KeyPool, PoolSpec, PoolStatus, pool_path
 from pipeline.keys.settings import Settings
 from pipeline.keys.soft import SoftKeyStore
 from pipeline.records.sample import write_sample
 from pipeline.steps.batch import run_batch
-from tests.scenario.test_pool_batch import BATCH_DATE, CONFIG, PASSPHRASE, _config, _settings
+from tests.scenario.test_pool_batch import (
+    BATCH_DATE,
+    _config,
+    _settings,
+    _store_with_pool,
+)
 
 CARDS, POOL_KEYS = 6, 4
 SPEC = PoolSpec.of("rsa", 1152, 3)
@@ -76,14 +80,9 @@ def _run(
     ``outcome`` is the run's summary, or the exception it raised.
     """
     settings, cfg = _pool_product(tmp, pool_empty)
-    store = init_demo_store(
-        tmp / "keys.db", CONFIG / "demo" / "keys.yaml",
-        passphrase_file=PASSPHRASE, audit_path=tmp / "audit.jsonl",
-    )  # fmt: skip
+    store = _store_with_pool(tmp, settings, POOL_KEYS, workers=1)
     log = tmp / "inline-keys.log"
     try:
-        with KeyPool(pool_path(settings)) as pool:
-            fill(store, pool, SPEC, store.active("demo-tk"), POOL_KEYS, actor="ops", workers=1)
         sample = write_sample("demo", CARDS, tmp / "inbound" / "demo" / "a.dat", seed=3,
                               batch_date=BATCH_DATE, config_dir=cfg)  # fmt: skip
         _count_inline_keys(monkeypatch, log)

@@ -21,13 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import CardprepError
-from pipeline.keys.demo import init_demo_store
-from pipeline.keys.pool import KeyPool, PoolSpec, fill, pool_path
+from pipeline.keys.pool import pool_path
 from pipeline.records.sample import write_sample
 from pipeline.steps import prepare
 from pipeline.steps.batch import run_batch
 from pipeline.steps.plan import plan_shards
-from tests.scenario.test_pool_batch import BATCH_DATE, CONFIG, PASSPHRASE, _config, _settings
+from tests.scenario.test_pool_batch import BATCH_DATE, _config, _settings, _store_with_pool
 
 
 class _Killed(CardprepError):
@@ -51,14 +50,8 @@ def test_resumed_shard_settles_its_claimed_pool_entries(
 ) -> None:
     cfg = _config(tmp_path)
     settings = _settings(tmp_path, cfg)
-    store = init_demo_store(
-        tmp_path / "keys.db", CONFIG / "demo" / "keys.yaml",
-        passphrase_file=PASSPHRASE, audit_path=tmp_path / "audit.jsonl",
-    )  # fmt: skip
+    store = _store_with_pool(tmp_path, settings, 16)
     try:
-        with KeyPool(pool_path(settings)) as pool:
-            fill(store, pool, PoolSpec.of("rsa", 1152, 3), store.active("demo-tk"), 16,
-                 actor="ops")  # fmt: skip
         sample = write_sample("demo", 12, tmp_path / "inbound" / "demo" / "a.dat", seed=5,
                               batch_date=BATCH_DATE, config_dir=cfg)  # fmt: skip
 
