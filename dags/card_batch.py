@@ -163,23 +163,12 @@ def build(issuer: str) -> Any:
 
         @task(multiple_outputs=False)
         def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from pipeline.steps.batch import pending_reconcile  # noqa: PLC0415
             from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
 
             assert params is not None
             if not os.path.isabs(path):  # a name from the trigger form
                 with fail_fast_on_permanent_errors():
                     path = resolve_inbound_file(issuer, path, KeyStoreHook().settings())
-            if not params["force"] and not params["dry_run"]:
-                with fail_fast_on_permanent_errors():
-                    resumed = pending_reconcile(issuer, path, KeyStoreHook().settings())
-                if resumed is not None:  # killed after publish: only reconcile is left
-                    log.warning(
-                        "batch %s is published but its reconcile did not finish: "
-                        "finishing it, nothing is prepared again",
-                        resumed["batch_id"],
-                    )
-                    return resumed
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(issuer, path, settings, force=params["force"],
                             stage=not params["dry_run"], store=store)  # fmt: skip

@@ -15,8 +15,9 @@ and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
 marker) but before reconcile finished left a published batch with its
 staging; the re-run finishes the idempotent reconcile step (audit once,
 delete staging) without preparing anything, and returns its summary
-(``resumed: "reconcile"``).  :func:`pending_reconcile` tells the DAG the
-same, so a re-triggered ``card_batch`` run does likewise.
+(``resumed: "reconcile"``).  A re-triggered ``card_batch`` run does likewise:
+its ``verify_and_parse`` returns
+:func:`~pipeline.steps.reconcile.unreconciled_summary` for such a batch.
 
 Example:
     >>> summary = run_batch("demo", "inbound/x.dat", load_settings())  # doctest: +SKIP
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,9 @@ from pipeline.steps.parse import verify_and_parse
 from pipeline.steps.plan import plan_shards
 from pipeline.steps.prepare import WorkerPool, prepare_shard
 from pipeline.steps.publish import publish
-from pipeline.steps.reconcile import is_unreconciled, reconcile
+from pipeline.steps.reconcile import is_unreconciled, parse_counts, reconcile
 
-__all__ = ["pending_reconcile", "run_batch"]
+__all__ = ["run_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -127,52 +127,10 @@ def _batch_id_of(path: str | Path) -> str:
         raise InputFileCheckError(str(path), "read", f"cannot open: {exc.strerror}") from None
 
 
-def pending_reconcile(issuer: str, path: str | Path, settings: Settings) -> dict[str, Any] | None:
-    """The parse-step summary of ``path``'s batch if it is published but not reconciled, else None.
-
-    A run killed between the manifest (the commit marker) and the end of
-    reconcile leaves the batch published with its staging
-    (:func:`~pipeline.steps.reconcile.is_unreconciled`).  Preparing it again
-    would be refused (published) or, with ``force``, would burn a new key per
-    card; what is left to do is the idempotent reconcile.  The summary has
-    the keys the DAG's later tasks read (``batch_id``, ``batch_dir``,
-    ``records``, ``valid``, ``rejected``) from the manifest's counts, plus
-    ``resume: "reconcile"``.
-
-    Example:
-        >>> pending_reconcile("demo", "inbound/demo/x.dat", settings)  # doctest: +SKIP
-        {'batch_id': '00ab12cd34ef5678', 'batch_dir': '...', 'resume': 'reconcile', ...}
-    """
-    bs = batch_settings(settings)
-    cfg = load_issuer(issuer, bs.config_dir)
-    paths = bs.paths(cfg.id, _batch_id_of(path))
-    if not is_unreconciled(paths):
-        return None
-    return {
-        "batch_id": paths.batch_id,
-        "batch_dir": str(paths.base),
-        "resume": "reconcile",
-        **_parse_counts(load_manifest(paths.manifest)["counts"]),
-    }
-
-
-def _parse_counts(counts: Mapping[str, Any]) -> dict[str, int]:
-    """The parse step's ``records`` / ``valid`` / ``rejected`` of a published batch.
-
-    From its manifest's counts (``rejected`` is what validation rejected).
-
-    Example:
-        >>> _parse_counts({"in": 10, "rejected_at_validation": 2})
-        {'records': 10, 'valid': 8, 'rejected': 2}
-    """
-    records, at_validation = int(counts["in"]), int(counts["rejected_at_validation"])
-    return {"records": records, "valid": records - at_validation, "rejected": at_validation}
-
-
 def _resumed(summary: dict[str, Any], manifest_path: Path, started: float) -> dict[str, Any]:
     """The summary of a run that only finished reconcile: counts from the manifest."""
     manifest = load_manifest(manifest_path)
-    parsed = _parse_counts(manifest["counts"])
+    parsed = parse_counts(manifest["counts"])
     summary["resumed"] = "reconcile"
     summary["shards"] = len(manifest["shards"])
     summary["records"] = parsed["records"]

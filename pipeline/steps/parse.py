@@ -51,6 +51,7 @@ from pipeline.records.parse import Check, FileSummary, iter_records, verify_file
 from pipeline.records.validate import CardRecord, Validator
 from pipeline.steps.audit import audit_batch
 from pipeline.steps.context import BatchSettings, batch_settings, opened_store
+from pipeline.steps.reconcile import is_unreconciled, unreconciled_summary
 
 __all__ = ["PARSED_FORMAT", "check_header_issuer", "refuse_or_supersede", "verify_and_parse"]
 
@@ -183,6 +184,10 @@ def verify_and_parse(
         return _parse(cfg, source, summary, layout, day, bs, paths, None, started)
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
             opened_store(settings, store) as ks:  # fmt: skip
+        if not force and is_unreconciled(paths):
+            log.warning("batch %s is published but its reconcile did not finish: only "
+                        "reconcile is left, nothing is prepared again", batch_id)  # fmt: skip
+            return unreconciled_summary(paths)
         refuse_or_supersede(paths, force=force, store=ks, bs=bs, reason="verify_and_parse")
         if not force:
             resumed = _resume(paths, summary.sha256)

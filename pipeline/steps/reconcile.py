@@ -28,6 +28,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from pipeline.keys.store import KeyStore
 from pipeline.steps.audit import audit_batch, find_batch_event
 from pipeline.steps.context import batch_paths, batch_settings, opened_store
 
-__all__ = ["PUBLISHED_EVENT", "is_unreconciled", "key_roles", "reconcile"]
+__all__ = [
+    "PUBLISHED_EVENT",
+    "is_unreconciled",
+    "key_roles",
+    "parse_counts",
+    "reconcile",
+    "unreconciled_summary",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,41 @@ def is_unreconciled(paths: BatchPaths) -> bool:
         False
     """
     return paths.manifest.exists() and paths.staging.exists()
+
+
+def parse_counts(counts: Mapping[str, Any]) -> dict[str, int]:
+    """The parse step's ``records`` / ``valid`` / ``rejected`` of a published batch.
+
+    From its manifest's counts (``rejected`` is what validation rejected).
+
+    Example:
+        >>> parse_counts({"in": 10, "rejected_at_validation": 2})
+        {'records': 10, 'valid': 8, 'rejected': 2}
+    """
+    records, at_validation = int(counts["in"]), int(counts["rejected_at_validation"])
+    return {"records": records, "valid": records - at_validation, "rejected": at_validation}
+
+
+def unreconciled_summary(paths: BatchPaths) -> dict[str, Any]:
+    """What the parse step returns for a batch :func:`is_unreconciled` finds: reconcile is left.
+
+    A run killed between the manifest (the commit marker) and the end of
+    reconcile leaves the batch published with its staging.  Preparing it
+    again would be refused (published) or, with ``force``, would burn a new
+    key per card; what is left is the idempotent reconcile.  The keys are
+    those the DAG's later tasks read, from the manifest's counts, plus
+    ``resume: "reconcile"``.
+
+    Example:
+        >>> unreconciled_summary(paths)["resume"]  # doctest: +SKIP
+        'reconcile'
+    """
+    return {
+        "batch_id": paths.batch_id,
+        "batch_dir": str(paths.base),
+        "resume": "reconcile",
+        **parse_counts(load_manifest(paths.manifest)["counts"]),
+    }
 
 
 def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
