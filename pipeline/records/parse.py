@@ -50,7 +50,9 @@ from pipeline.records.layout import FieldSpec, FieldType, FileFormat, HashMethod
 from pipeline.records.reasons import RejectReason
 
 __all__ = [
+    "FILE_SEQ_FIELD",
     "HEADER_DATE_YEARS",
+    "ISSUER_ID_FIELD",
     "Check",
     "FileSummary",
     "HashTotal",
@@ -74,6 +76,11 @@ _READ_BUFFER = 1 << 20
 #: read in the 2000s (docs/INPUT.md; ``Validator`` refuses any other
 #: century), so a date outside 2000..2099 is an input-file error, not a date.
 HEADER_DATE_YEARS = range(2000, 2100)
+#: Header field with the issuer id (checked against the issuer's ``header_issuer_id``).
+ISSUER_ID_FIELD = "issuer_id"
+#: Header field with the issuer's file sequence number: with the issuer id and the
+#: file date it identifies a delivery (docs/INPUT.md "Deliveries").
+FILE_SEQ_FIELD = "file_seq"
 
 
 class Check(Enum):
@@ -89,6 +96,8 @@ class Check(Enum):
     TRAILER = "trailer"
     COUNT = "count"
     HASH_TOTAL = "hash_total"
+    #: the header names a delivery already taken in as another batch (pipeline.steps.parse)
+    DUPLICATE_DELIVERY = "duplicate_delivery"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -53,10 +54,16 @@ from pipeline.errors import ConfigError
 from pipeline.records.issuers import IssuerConfig, load_issuer
 from pipeline.records.layout import FileFormat, Layout, RecordSpec, load_layout
 from pipeline.records.luhn import luhn_check_digit
-from pipeline.records.parse import HashTotal
+from pipeline.records.parse import FILE_SEQ_FIELD, HashTotal
 from pipeline.records.reasons import RejectReason as R
 
-__all__ = ["SampleSummary", "default_sample_path", "pin_block_format0", "write_sample"]
+__all__ = [
+    "SampleSummary",
+    "default_file_seq",
+    "default_sample_path",
+    "pin_block_format0",
+    "write_sample",
+]
 
 _EXT = {FileFormat.FIXED: "dat", FileFormat.CSV: "csv", FileFormat.JSON: "jsonl"}
 _KEK_ALGORITHMS = {"tdes": Algorithm.TDES, "aes": Algorithm.AES, "sm4": Algorithm.SM4}
@@ -71,6 +78,7 @@ _GIVEN = (
     "JEAN-LUC", "LIN", "SVETLANA", "ROBERT", "ELIZABETH", "JAMES", "PRIYA", "HANS",
 )  # fmt: skip
 _TITLES = ("MR", "MRS", "MS", "DR.", "PROF.")
+_DEFAULT_SEQ_DIGITS = 6
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,7 @@ class SampleSummary:
     injected: Mapping[str, int]
     expected_rejects: Mapping[int, str] = field(default_factory=dict)
     expected_prepare_rejects: Mapping[int, str] = field(default_factory=dict)
+    file_seq: str = ""  # the header's file sequence number ("" when the layout has none)
 
     @property
     def valid(self) -> int:
@@ -115,6 +124,58 @@ def pin_block_format0(pin: str, pan: str) -> bytes:
 def default_sample_path(issuer: IssuerConfig, layout: Layout, batch_date: date, tag: str) -> Path:
     """``<issuer inbound>/<issuer>-<YYYYMMDD>-<tag>.<ext>``, e.g. var/demo/inbound/demo/..."""
     return issuer.inbound / f"{issuer.id}-{batch_date:%Y%m%d}-{tag}.{_EXT[layout.format]}"
+
+
+def default_file_seq(
+    issuer_id: str, seed: int, cards: int, error_rate: float, digits: int = _DEFAULT_SEQ_DIGITS
+) -> str:
+    """The header ``file_seq`` of a sample drawn with these arguments, ``digits`` wide.
+
+    An issuer numbers its deliveries, and cardprep refuses a second file with
+    the header (issuer id, file date, file sequence) of one it already took in
+    (docs/INPUT.md "Deliveries").  Every sample used to say ``000001``, so two
+    samples of one issuer and date were one delivery.  The number is derived
+    from (issuer, seed, cards, error rate): samples drawn with other arguments
+    are other deliveries, and the same arguments still give the same bytes.
+    Range 1 .. 10**digits - 1, zero-padded (0 is not used as a sequence).
+
+    Example:
+        >>> default_file_seq("demo", 1, 20, 0.0)
+        '192173'
+        >>> default_file_seq("demo", 1, 20, 0.0) != default_file_seq("demo", 2, 20, 0.0)
+        True
+    """
+    text = f"{issuer_id}|{seed}|{cards}|{error_rate!r}".encode("ascii", "replace")
+    value = int.from_bytes(hashlib.sha256(text).digest()[:8], "big")
+    return str(1 + value % (10**digits - 1)).zfill(digits)
+
+
+def _seq_digits(layout: Layout) -> int:
+    spec = layout.header.field(FILE_SEQ_FIELD)
+    return spec.length or spec.max_length or _DEFAULT_SEQ_DIGITS
+
+
+def _file_seq(issuer: IssuerConfig, layout: Layout, requested: str | int | None,
+              derived: Callable[[int], str]) -> str:
+    """The sample's ``file_seq``: ``requested`` (checked against the field) or ``derived``."""
+    if FILE_SEQ_FIELD in dict(issuer.sample.get("header", {})):
+        raise ConfigError(
+            f"{issuer.source}: sample.header.{FILE_SEQ_FIELD}",
+            "a fixed file sequence makes every sample the same delivery; the generator "
+            "numbers samples itself (write_sample file_seq=...)",
+        )
+    if not layout.header.has(FILE_SEQ_FIELD):
+        if requested is not None:
+            raise ConfigError("file_seq", f"layout {layout.name} has no header field "
+                              f"{FILE_SEQ_FIELD!r}")  # fmt: skip
+        return ""
+    digits = _seq_digits(layout)
+    if requested is None:
+        return derived(digits)
+    text = str(requested) if isinstance(requested, int) else requested
+    if isinstance(requested, bool) or not text.isdigit() or len(text) > digits:
+        raise ConfigError("file_seq", f"must be 1..{digits} digits, got {requested!r}")
+    return text.zfill(digits)
 
 
 def load_test_key(label: str, config_dir: Path) -> bytes:
@@ -425,11 +486,15 @@ def write_sample(
     seed: int | None = None,
     batch_date: date | None = None,
     config_dir: Path = Path("config"),
+    file_seq: str | int | None = None,
 ) -> SampleSummary:
     """Write ``cards`` detail records for ``issuer_id`` to ``out`` and its expected-rejects file.
 
     ``out`` defaults to :func:`default_sample_path`.  The file is written to a
     temporary name and renamed, so a partial file never looks complete.
+    ``file_seq`` is the header's file sequence number (digits, zero-padded to
+    the field); by default :func:`default_file_seq` of the arguments, so that
+    two samples are two deliveries (docs/INPUT.md "Deliveries").
     """
     if isinstance(cards, bool) or not isinstance(cards, int) or cards < 1:
         raise ConfigError("cards", f"must be a positive integer, got {cards!r}")
@@ -457,7 +522,15 @@ def write_sample(
             order.append(rng.choice(kinds))
         plan = {p: (k[0], k[1], k[3]) for p, k in zip(positions, order, strict=False)}
 
+    seq = _file_seq(
+        issuer,
+        layout,
+        file_seq,
+        lambda digits: default_file_seq(issuer.id, seed, cards, error_rate, digits),
+    )
     header_values = {str(k): str(v) for k, v in dict(issuer.sample.get("header", {})).items()}
+    if seq:
+        header_values[FILE_SEQ_FIELD] = seq
     if layout.batch_date_field:
         header_values[layout.batch_date_field] = f"{batch_date:%Y%m%d}"
     fmt = _Formatter(layout)
@@ -527,6 +600,7 @@ def write_sample(
         injected=MappingProxyType(dict(sorted(injected.items()))),
         expected_rejects=MappingProxyType(expected),
         expected_prepare_rejects=MappingProxyType(expected_prepare),
+        file_seq=seq,
     )
     _write_expected(summary)
     return summary
@@ -539,6 +613,7 @@ def _write_expected(s: SampleSummary) -> None:
         "layout": s.layout,
         "batch_date": s.batch_date.isoformat(),
         "seed": s.seed,
+        "file_seq": s.file_seq,
         "records": s.records,
         "valid": s.valid,
         "valid_per_product": dict(s.per_product),

@@ -68,6 +68,7 @@ CONFIG = ROOT / "config"
 BATCH_DATE = date(2025, 1, 15)
 SEED = 8
 BASE_CARDS = 5
+BASE_FILE_SEQ = "000001"  # the header's file_seq of every case (see load_base)
 ISSUERS = ("demo", "demo-csv", "demo-json")
 EXT = {FileFormat.FIXED: "dat", FileFormat.CSV: "csv", FileFormat.JSON: "jsonl"}
 SHORT = {FileFormat.FIXED: "fixed", FileFormat.CSV: "csv", FileFormat.JSON: "json"}
@@ -741,8 +742,13 @@ def _retype_control(base: Base, line: bytes, marker: str) -> bytes:
 def load_base(issuer_id: str, tmp: Path) -> Base:
     issuer = load_issuer(issuer_id, CONFIG)
     layout = load_layout(issuer.layout, CONFIG)
+    # Every case is a variant of this one base file, so all share its header (one
+    # delivery: DEMO, 20250115, 000001); tests/reliability/test_corpus.py runs each
+    # full-path case in its own storage, where the duplicate-delivery rule
+    # (docs/INPUT.md "Deliveries") cannot refuse it as a re-sent base file.
     summary = write_sample(issuer_id, BASE_CARDS, tmp / f"{issuer_id}.{EXT[layout.format]}",
-                           seed=SEED, batch_date=BATCH_DATE, config_dir=CONFIG)
+                           seed=SEED, batch_date=BATCH_DATE, config_dir=CONFIG,
+                           file_seq=BASE_FILE_SEQ)
     raw = summary.path.read_bytes()
     lines = raw.split(b"\n")
     assert lines[-1] == b"", "sample files end with a line end"
