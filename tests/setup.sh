@@ -24,3 +24,11 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 
 uv sync --locked --all-extras --compile-bytecode --quiet
+
+# The native SM2 point arithmetic (pipeline/crypto/native/sm2_curve.c, a CFFI
+# extension); without it the same results come from the slower Python code.
+if ! command -v cc >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
+fi
+.venv/bin/python -m pipeline.crypto._sm2_native_build >/dev/null
