@@ -39,7 +39,8 @@ reachable (and tested).
 Native code (``pipeline/crypto/native/sm2_curve.c``, a CFFI extension built by
 ``tests/setup.sh``): when the compiled module ``_sm2_native`` is importable,
 :func:`mul_base` for 0 < k < n and :func:`mul_base_add_fixed` run in C over
-width-:data:`NATIVE_WIDTH` tables (~176 KB each, built in ~30 ms): [k]G in
+fixed-base tables built in a few milliseconds (width :data:`NATIVE_WIDTH` for
+[k]G, :data:`NATIVE_VT_WIDTH` for verification): [k]G in
 constant time (every table row read in full, no branch on k; the result is made affine
 here with a blinded inversion), [s]G + [t]Q in variable time (public scalars).  Each computes the
 same points as the Python code below, which stays the reference and the
@@ -99,11 +100,15 @@ GY = 0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0
 #: W=8 13.8k, W=10 15.7k, W=11 16.6k, W=12 17.8k (+27 MB), W=13 19.1k (+49 MB).
 W = 11
 
-#: Window width of the native tables (G's and each :class:`FixedBaseTable`'s):
-#: ceil(256/6) = 43 rows of 63 points, ~176 KB, built in ~30 ms.  Measured in C
-#: (constant-time [k]G / variable-time [s]G + [t]Q, us): width 4 37/58, 5 35/51,
-#: 6 31/44, 7 31/38, 8 34/35 (the constant-time scan grows with the row).
+#: Window width of the native table for the constant-time [k]G: ceil(256/6) = 43
+#: rows of 63 points, ~176 KB.  Measured in C (us per [k]G, the whole row scanned
+#: per window): width 4 25.8, 5 22.1, 6 20.2, 7 20.9, 8 23.2.
 NATIVE_WIDTH = 6
+
+#: Window width of the native tables for the variable-time [s]G + [t]Q (G's and
+#: each :class:`FixedBaseTable`'s): 32 rows of 255 points, ~522 KB, built in ~6 ms
+#: (one inversion per row).  Measured in C (us per sum): width 6 32.0, 7 27.6, 8 24.6.
+NATIVE_VT_WIDTH = 8
 
 _p = mpz(P)
 _b = mpz(B)
@@ -255,8 +260,14 @@ def _native_table(point: Affine, width: int) -> Any:
 
 @cache
 def _native_base_table() -> Any:
-    """G's native table, built once per process."""
+    """G's native table for [k]G, built once per process."""
     return _native_table((mpz(GX), mpz(GY)), NATIVE_WIDTH)
+
+
+@cache
+def _native_base_table_vt() -> Any:
+    """G's native table for verification sums, built once per process."""
+    return _native_table((mpz(GX), mpz(GY)), NATIVE_VT_WIDTH)
 
 
 def _native_result(rc: int, out: Any, *, blind: bool) -> Affine | None:
@@ -292,6 +303,7 @@ def warm_up() -> None:
     """
     if _native is not None:
         _native_base_table()
+        _native_base_table_vt()
     else:
         _base_table()
 
@@ -516,8 +528,10 @@ class FixedBaseTable:
         windows = -(-256 // width)
         top = 256 - width * (windows - 1)  # bits in the top window
         self.points: int = (windows - 1) * ((1 << width) - 1) + (1 << top) - 1
-        #: the native table (width NATIVE_WIDTH) when the extension is loaded
-        self.native: Any = _native_table(self._base, NATIVE_WIDTH) if _native is not None else None
+        #: the native table (width NATIVE_VT_WIDTH) when the extension is loaded
+        self.native: Any = (
+            _native_table(self._base, NATIVE_VT_WIDTH) if _native is not None else None
+        )
 
     @property
     def rows(self) -> tuple[tuple[Affine | None, ...], ...]:
@@ -556,7 +570,7 @@ def mul_base_add_fixed(s: int, t: int, table: FixedBaseTable) -> Affine | None:
     if table.native is not None and 0 <= s < 1 << 256 and 0 <= t < 1 << 256:
         out = _native.ffi.new("unsigned char[96]")
         rc = _native.lib.sm2n_mul2_vt(
-            _native_base_table(), int(s).to_bytes(32, "big"), table.native,
+            _native_base_table_vt(), int(s).to_bytes(32, "big"), table.native,
             int(t).to_bytes(32, "big"), out,
         )  # fmt: skip
         return _native_result(rc, out, blind=False)

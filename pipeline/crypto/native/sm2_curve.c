@@ -364,25 +364,55 @@ sm2n_table *sm2n_table_new(const unsigned char xy[64], int width) {
         free(t);
         return NULL;
     }
-    for (int j = 0; j < t->rows; j++) {
+    /* one row at a time: the multiples in Jacobian form, then all made affine with one
+       inversion (Montgomery's trick: prefix products of the Z's) */
+    jacobian *jac = malloc((size_t)t->per_row * sizeof(jacobian));
+    fe *prefix = malloc((size_t)t->per_row * sizeof(fe));
+    if (!jac || !prefix) {
+        free(jac);
+        free(prefix);
+        sm2n_table_free(t);
+        return NULL;
+    }
+    int ok = 1;
+    for (int j = 0; j < t->rows && ok; j++) {
         affine *row = t->points + (size_t)j * t->per_row;
-        row[1] = base;
-        jacobian acc = {base.x, base.y, ONE};
-        for (int i = 2; i < t->per_row; i++) {
-            jac_madd(&acc, &acc, &base);
-            if (!jac_to_affine(&row[i], &acc)) { /* only for a point of small order: none here */
-                sm2n_table_free(t);
-                return NULL;
+        jac[1].X = base.x;
+        jac[1].Y = base.y;
+        jac[1].Z = ONE;
+        for (int i = 2; i < t->per_row; i++) jac_madd(&jac[i], &jac[i - 1], &base);
+        prefix[1] = jac[1].Z;
+        for (int i = 2; i < t->per_row; i++) fe_mul(&prefix[i], &prefix[i - 1], &jac[i].Z);
+        if (fe_is_zero(&prefix[t->per_row - 1])) { /* a multiple at infinity: not on this curve */
+            ok = 0;
+            break;
+        }
+        fe inv; /* 1 / (Z_1 ... Z_i), walking down */
+        fe_inv(&inv, &prefix[t->per_row - 1]);
+        for (int i = t->per_row - 1; i >= 1; i--) {
+            fe zi, zi2, zi3;
+            if (i > 1) {
+                fe_mul(&zi, &inv, &prefix[i - 1]);
+                fe_mul(&inv, &inv, &jac[i].Z);
+            } else {
+                zi = inv;
             }
+            fe_sqr(&zi2, &zi);
+            fe_mul(&zi3, &zi2, &zi);
+            fe_mul(&row[i].x, &jac[i].X, &zi2);
+            fe_mul(&row[i].y, &jac[i].Y, &zi3);
         }
         /* next base: 2^width B = 2 (2^(width-1) B) */
         jacobian half = {row[t->per_row / 2].x, row[t->per_row / 2].y, ONE};
         jacobian twice;
         jac_double(&twice, &half);
-        if (!jac_to_affine(&base, &twice)) {
-            sm2n_table_free(t);
-            return NULL;
-        }
+        ok = jac_to_affine(&base, &twice);
+    }
+    free(jac);
+    free(prefix);
+    if (!ok) {
+        sm2n_table_free(t);
+        return NULL;
     }
     return t;
 }

@@ -43,16 +43,16 @@ def test_the_extension_is_built() -> None:
 
 
 def _edge_scalars() -> list[int]:
-    """1, 2, n-1, n-2, every power of two below n, every digit pattern of the 6-bit windows."""
+    """1, 2, n-1, n-2, every power of two below n, digit patterns of both tables' windows."""
     out = [1, 2, 3, N - 1, N - 2, N // 2, (N + 1) // 2]
     out += [1 << j for j in range(256) if 1 << j < N]
     out += [(1 << j) - 1 for j in range(1, 256)]
-    width = curve.NATIVE_WIDTH
-    for digit in (1, (1 << width) - 1, 1 << (width - 1)):
-        k = 0
-        for j in range(0, 256, width):
-            k |= digit << j
-        out.append(k % N or 1)
+    for width in (curve.NATIVE_WIDTH, curve.NATIVE_VT_WIDTH):
+        for digit in (1, (1 << width) - 1, 1 << (width - 1)):
+            k = 0
+            for j in range(0, 256, width):
+                k |= digit << j
+            out.append(k % N or 1)
     return out
 
 
@@ -111,6 +111,15 @@ def _fixed_for_7() -> curve.FixedBaseTable:
     return _TABLE_7[0]
 
 
+def test_mul_base_add_fixed_matches_python_on_edge_scalars(
+    keyed: tuple[curve.FixedBaseTable, int],
+) -> None:
+    table = keyed[0]
+    edges = _edge_scalars()
+    for s, t in zip(edges, reversed(edges), strict=True):
+        assert curve.mul_base_add_fixed(s, t, table) == curve._mul_base_add_fixed_py(s, t, table)
+
+
 def test_mul_base_add_fixed_exceptional_cases(keyed: tuple[curve.FixedBaseTable, int]) -> None:
     table, d = keyed
     t = secrets.randbelow(N - 1) + 1
@@ -131,7 +140,7 @@ def test_mul_base_add_fixed_exceptional_cases(keyed: tuple[curve.FixedBaseTable,
 def test_table_of_g_itself_meets_every_window_collision() -> None:
     # Q = G: every window point of s and of t comes from the same multiples of G,
     # so equal and opposite partial sums are frequent.
-    same = curve.FixedBaseTable(G, width=curve.NATIVE_WIDTH)
+    same = curve.FixedBaseTable(G)
     for s, t in [(1, 1), (1, N - 1), (N - 1, N - 1), (2, N - 2)] + [
         (secrets.randbelow(N), secrets.randbelow(N)) for _ in range(50)
     ]:
