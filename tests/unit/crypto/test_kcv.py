@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.crypto.ciphers import Algorithm, BlockCipher
 from pipeline.crypto.kcv import KcvMethod, kcv, kcv_method_for
@@ -61,3 +67,41 @@ def test_kcv_errors() -> None:
         kcv(bytes(32), "tdes")
     with pytest.raises(KeyLengthError):
         kcv(bytes(24), "sm4")
+
+
+# --- the unchecked fast path for bytes keys (issue 7) must equal the definition ----------
+
+_ECB_DEFINITIONS = [  # method, cryptography algorithm for a key (independent), lengths, block
+    ("tdes", lambda k: TripleDES(k + k[:8] if len(k) == 16 else k), (16, 24), bytes(8)),
+    ("aes-gp", algorithms.AES, (16, 24, 32), b"\x01" * 16),
+    ("sm4", algorithms.SM4, (16,), bytes(16)),
+]
+
+
+@pytest.mark.parametrize(("method", "algorithm", "lengths", "block"), _ECB_DEFINITIONS)
+@given(seed=st.binary(min_size=32, max_size=32))
+@settings(max_examples=30, deadline=None)
+def test_ecb_kcvs_of_bytes_keys_are_the_block_under_the_key(
+    method: str, algorithm: Any, lengths: tuple[int, ...], block: bytes, seed: bytes
+) -> None:
+    """X9.24-1 / Amd D: E_K(block), leftmost bytes; bytes keys, bytearray keys, enum methods."""
+    for size in lengths:
+        key = seed[:size]
+        full = Cipher(algorithm(key), modes.ECB()).encryptor().update(block)
+        for length in (1, 3, len(block)):
+            assert kcv(key, method, length) == full[:length]
+            assert kcv(bytearray(key), method, length) == full[:length]
+            assert kcv(key, KcvMethod(method), length) == full[:length]
+        assert kcv(key, method, True) == full[:1]  # as the checked path: a bool is an int
+
+
+@pytest.mark.parametrize(("method", "algorithm", "lengths", "block"), _ECB_DEFINITIONS)
+def test_ecb_kcv_refusals_on_the_fast_path(
+    method: str, algorithm: Any, lengths: tuple[int, ...], block: bytes
+) -> None:
+    key = bytes(range(lengths[0]))
+    for bad in (0, len(block) + 1, "3", None):
+        with pytest.raises(InvalidInputError, match="length"):
+            kcv(key, method, bad)  # type: ignore[arg-type]
+    with pytest.raises(KeyLengthError):
+        kcv(bytes(max(lengths) + 1), method)
