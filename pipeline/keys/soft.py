@@ -75,7 +75,6 @@ Example:
 from __future__ import annotations
 
 import builtins
-import functools
 import hashlib
 import hmac
 import json
@@ -1112,11 +1111,28 @@ class SoftKeyStore:
         return derived
 
     def _wrap_output(self, tk: _Loaded, data: bytes) -> bytes:
-        cipher = self._cipher(tk)
-        bs = _symmetric(tk.record.algorithm).block_size
+        cipher = self._cipher(tk)  # its block size is the TK algorithm's (_symmetric)
+        bs = cipher.block_size
         if len(data) % bs:
             data = pad_iso9797_m2(data, bs)
-        return cipher.encrypt_ecb(data)
+        return cipher.ecb_encryptor()(data)  # whole blocks by now
+
+    def _output_wrapper(self, tk: _Loaded) -> Callable[[bytes], bytes]:
+        """:meth:`_wrap_output` bound to ``tk``'s cipher, for a plan reused card after card.
+
+        The same cipher object :meth:`_cipher` caches on the entry (a plan is
+        rebuilt whenever the TK entry or its record changes), the same
+        padding rule; a whole-block value (every card key) goes straight to
+        the reused ECB encryptor.
+        """
+        cipher = self._cipher(tk)
+        bs = cipher.block_size
+        encrypt = cipher.ecb_encryptor()
+
+        def wrap(data: bytes) -> bytes:
+            return encrypt(data if not len(data) % bs else pad_iso9797_m2(data, bs))
+
+        return wrap
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -1834,7 +1850,7 @@ class SoftKeyStore:
             imk_record=imk_e.record,
             tk_record=tk_e.record,
             derive=deriver.derive,
-            wrap=functools.partial(self._wrap_output, tk_e),
+            wrap=self._output_wrapper(tk_e),
             kcv_method=imk_e.record.kcv_method,
         )
 
@@ -1872,16 +1888,18 @@ class SoftKeyStore:
             check_strength(
                 dst.record, str(from_key), src.record.strength_bits, Operation.TRANSLATE_TO
             )
-        src_bs = _symmetric(src.record.algorithm).block_size
-        dst_bs = _symmetric(dst.record.algorithm).block_size
+        # the cached ciphers (KeyUsageError for a key that is not a block cipher key,
+        # as _symmetric) give the block sizes
+        src_cipher, dst_cipher = self._cipher(src), self._cipher(dst)
+        src_bs, dst_bs = src_cipher.block_size, dst_cipher.block_size
         if not ciphertext or len(ciphertext) % src_bs or len(ciphertext) % dst_bs:
             raise InvalidInputError(
                 "ciphertext",
                 f"{len(ciphertext)} bytes is not a whole number of {src_bs}- and "
                 f"{dst_bs}-byte blocks",
             )
-        clear = _checked_clear(self._cipher(src).decrypt_ecb(ciphertext), src_bs, check, pan)
-        return self._cipher(dst).encrypt_ecb(clear)
+        clear = _checked_clear(src_cipher.decrypt_ecb(ciphertext), src_bs, check, pan)
+        return dst_cipher.encrypt_ecb(clear)
 
     def check_encrypted(
         self,
@@ -1892,23 +1910,23 @@ class SoftKeyStore:
         pan: str | None = None,
     ) -> None:
         """See :meth:`pipeline.keys.store.KeyStore.check_encrypted`."""
-        src = self._load(key, Operation.TRANSLATE_FROM)
-        bs = _symmetric(src.record.algorithm).block_size
+        cipher = self._cipher(self._load(key, Operation.TRANSLATE_FROM))
+        bs = cipher.block_size
         if not ciphertext or len(ciphertext) % bs:
             raise InvalidInputError(
                 "ciphertext", f"{len(ciphertext)} bytes is not a whole number of {bs}-byte blocks"
             )
-        _checked_clear(self._cipher(src).decrypt_ecb(ciphertext), bs, check, pan)
+        _checked_clear(cipher.decrypt_ecb(ciphertext), bs, check, pan)
 
     def kcv_of_wrapped(self, tk: KeyRef, ciphertext: bytes, method: str) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.kcv_of_wrapped`."""
-        entry = self._load(tk, Operation.CHECK_WRAPPED)
-        bs = _symmetric(entry.record.algorithm).block_size
+        cipher = self._cipher(self._load(tk, Operation.CHECK_WRAPPED))
+        bs = cipher.block_size
         if not ciphertext or len(ciphertext) % bs:
             raise InvalidInputError(
                 "ciphertext", f"{len(ciphertext)} bytes is not a whole number of {bs}-byte blocks"
             )
-        return compute_kcv(self._cipher(entry).decrypt_ecb(ciphertext), method)
+        return compute_kcv(cipher.decrypt_ecb(ciphertext), method)
 
     def encrypt_under_tk(self, tk: KeyRef, plaintext: bytes) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.encrypt_under_tk`."""
