@@ -210,7 +210,12 @@ def cardholder_name(name: str) -> bytes:
     """
     if not isinstance(name, str):
         raise PreparationError("name", f"expected str, got {type(name).__name__}")
-    bad = sorted({f"U+{ord(c):04X}" for c in name if ord(c) not in _PRINTABLE})
+    # ASCII and printable is exactly 20..7E (str.isprintable): no per-character scan
+    bad = (
+        []
+        if str.isascii(name) and str.isprintable(name)
+        else sorted({f"U+{ord(c):04X}" for c in name if ord(c) not in _PRINTABLE})
+    )
     if bad:
         raise PreparationError("name", f"characters outside the common set: {', '.join(bad)}")
     data = name.encode("ascii")

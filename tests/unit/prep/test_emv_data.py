@@ -108,6 +108,21 @@ def test_dates_and_numbers() -> None:
         ed.numeric("12345", 2)
 
 
+@pytest.mark.parametrize("code", [*range(0x100), 0x17F, 0x2028, 0x3000, 0xFF21, 0x1F600])
+def test_cardholder_name_takes_exactly_the_common_character_set(code: int) -> None:
+    """Book 4 Annex B: 20..7E and nothing else, each other character named as U+XXXX
+    (the ASCII-and-printable shortcut must agree with the per-character rule)."""
+    name = f"AB{chr(code)}CD"
+    if 0x20 <= code <= 0x7E:
+        assert ed.cardholder_name(name) == name.encode("ascii")
+        return
+    with pytest.raises(PreparationError, match=f"common set: U\\+{code:04X}$"):
+        ed.cardholder_name(name)
+    both = ", ".join(sorted({"U+0009", f"U+{code:04X}"})).replace("+", "\\+")
+    with pytest.raises(PreparationError, match=f"common set: {both}$"):
+        ed.cardholder_name(f"{chr(code)}A\tB")
+
+
 def test_cardholder_name() -> None:
     assert ed.cardholder_name("DOE/JOHN") == b"DOE/JOHN"
     assert ed.cardholder_name("O'NEIL/ANN-MARIE.") == b"O'NEIL/ANN-MARIE."
