@@ -103,6 +103,7 @@ ISSUER_KEY_OVERHEAD = 36  # Book 2 Table 6: the issuer key field is N_CA - 36 by
 PIN_BLOCK = "pin_block"
 TEMPLATE_70 = b"\x70"
 ICC_CERT_TAGS = frozenset({b"\x9f\x46", b"\x9f\x48"})
+_KMC_ROLES = ("kmc.kenc", "kmc.kmac", "kmc.kdek")  # the kcvs keys of KENC, KMAC, KDEK
 
 
 def _checked_tags(tags: frozenset[bytes]) -> frozenset[bytes]:
@@ -270,6 +271,61 @@ class IssuerPki:
         return cls.from_record(store.get(key))
 
 
+#: A record template split at its per-card data objects (:func:`_record_plan`):
+#: the TLVs before the first card tag, then per card tag the tag and the TLVs after it.
+_RecordPlan = tuple[bytes, tuple[tuple[bytes, bytes], ...]]
+
+
+def _record_plan(template: RecordTemplate, encoded: Mapping[bytes, bytes]) -> _RecordPlan:
+    """``template`` with every run of already encoded data objects joined once.
+
+    Tags in ``encoded`` (a product's constants) become fixed bytes; the other
+    tags stay, in template order, to be encoded per card (:func:`_fill_record`).
+
+    Example:
+        >>> rec = RecordTemplate(2, 1, (b"\\x82", b"\\x5a", b"\\x92", b"\\x8c"))
+        >>> done = {b"\\x82": b"\\x82\\x01\\x01", b"\\x92": b"", b"\\x8c": b"\\x8c\\x01\\x02"}
+        >>> _record_plan(rec, done)
+        (b'\\x82\\x01\\x01', ((b'Z', b'\\x8c\\x01\\x02'),))
+    """
+    runs: list[list[bytes]] = [[]]  # runs[i]: the encoded TLVs before card tag i (and after)
+    card_tags: list[bytes] = []
+    for tag in template.tags:
+        tlv = encoded.get(tag)
+        if tlv is None:
+            card_tags.append(tag)
+            runs.append([])
+        else:
+            runs[-1].append(tlv)
+    after = (b"".join(run) for run in runs[1:])
+    return b"".join(runs[0]), tuple(zip(card_tags, after, strict=True))
+
+
+def _fill_record(
+    template: RecordTemplate, plan: _RecordPlan, values: Mapping[bytes, bytes]
+) -> bytes:
+    """The record of ``plan`` with the card's ``values`` (see :func:`record_template`)."""
+    head, card = plan
+    parts = [head]
+    for tag, after in card:
+        value = values.get(tag)
+        if not value:
+            tlv = b""
+        elif tag in CARD_TAGS and type(value) is bytes:  # tag checked at import
+            tlv = tag + encode_length(len(value)) + value
+        else:
+            tlv = encode_tlv(tag, value)
+        parts.append(tlv)
+        parts.append(after)
+    body = b"".join(parts)
+    record = TEMPLATE_70 + encode_length(len(body)) + body  # 70: one well-formed tag
+    if len(record) > MAX_RECORD_LENGTH:
+        raise PreparationError(
+            f"record {template.dgi:04X}", f"{len(record)} bytes exceeds {MAX_RECORD_LENGTH}"
+        )
+    return record
+
+
 def record_template(
     template: RecordTemplate,
     values: Mapping[bytes, bytes],
@@ -280,6 +336,8 @@ def record_template(
     Tags whose value is absent or empty (no PSN, no remainder) are left out.
     ``encoded`` maps tags to their TLV already encoded (a product's constant
     data objects, ``b""`` for an absent one); it is used instead of ``values``.
+    A :class:`CardPreparer` keeps each template's :func:`_record_plan` and
+    fills it per card.
 
     Example:
         >>> rec = RecordTemplate(2, 1, (b"\\x5a", b"\\x5f\\x34"))
@@ -288,26 +346,7 @@ def record_template(
         >>> record_template(rec, {}, {b"\\x5a": bytes.fromhex("5A0112"), b"\\x5f\\x34": b""}).hex()
         '70035a0112'
     """
-    pre = encoded or {}
-    parts: list[bytes] = []
-    for tag in template.tags:
-        tlv = pre.get(tag)
-        if tlv is None:
-            value = values.get(tag)
-            if not value:
-                tlv = b""
-            elif tag in CARD_TAGS and type(value) is bytes:  # tag checked at import
-                tlv = tag + encode_length(len(value)) + value
-            else:
-                tlv = encode_tlv(tag, value)
-        parts.append(tlv)
-    body = b"".join(parts)
-    record = encode_tlv(TEMPLATE_70, body)
-    if len(record) > MAX_RECORD_LENGTH:
-        raise PreparationError(
-            f"record {template.dgi:04X}", f"{len(record)} bytes exceeds {MAX_RECORD_LENGTH}"
-        )
-    return record
+    return _fill_record(template, _record_plan(template, encoded or {}), values)
 
 
 def _encode_constants(tags: set[bytes], values: Mapping[bytes, bytes]) -> dict[bytes, bytes]:
@@ -405,6 +444,32 @@ class CardPreparer:
         }
         self._constant_records = self._build_constant_records()
         self._fci_gpo = tuple(self._fci_gpo_dgis())
+        # Per product, once (issue 7): what each card's Python would otherwise rebuild.
+        #: per key set, the ``kcvs`` keys of MK-AC, MK-SMI, MK-SMC
+        self._kcv_roles = tuple(
+            (f"{ks.name}.mk_ac", f"{ks.name}.mk_smi", f"{ks.name}.mk_smc")
+            for ks in profile.key_sets
+        )
+        #: secret fields shipped in a DGI (the PIN block when the product has one);
+        #: any other secret field is only checked (``_check_encrypted``)
+        self._shipped = frozenset(
+            ({PIN_BLOCK} if profile.pin is not None else set())
+            | {name for name, _ in profile.secret_dgis}
+        )
+        icc = profile.icc_key
+        self._icc_request = (icc.algorithm.value, icc.bits, icc.exponent)
+        #: per record template: (index, template, its (SFI, record), holds 9F46/9F48,
+        #: its constants joined once: _record_plan)
+        self._templates = tuple(
+            (
+                index,
+                t,
+                (t.sfi, t.record),
+                not ICC_CERT_TAGS.isdisjoint(t.tags),
+                _record_plan(t, self._encoded),
+            )
+            for index, t in enumerate(profile.records)
+        )
 
     # --- construction checks ------------------------------------------------------
 
@@ -471,24 +536,29 @@ class CardPreparer:
 
     def _prepare(self, record: CardRecord) -> PreparedCard:
         profile, store, keys = self.profile, self.store, self.keys
-        pan, psn = record.pan, record.psn
+        pan, psn, tk = record.pan, record.psn, keys.tk
+        derive = store.derive_and_wrap
         kcvs: dict[str, str] = {}
         secret_dgis: list[Dgi] = []
-        for spec, (ac, smi, smc) in zip(profile.key_sets, keys.key_sets, strict=True):
-            wrapped = tuple(
-                store.derive_and_wrap(imk, pan, psn, spec.derivation, keys.tk)
-                for imk in (ac, smi, smc)
+        for spec, (ac, smi, smc), roles in zip(
+            profile.key_sets, keys.key_sets, self._kcv_roles, strict=True
+        ):
+            method = spec.derivation
+            wrapped = (
+                derive(ac, pan, psn, method, tk),
+                derive(smi, pan, psn, method, tk),
+                derive(smc, pan, psn, method, tk),
             )
             self._check_mk_ac(wrapped[0], spec.name)
-            secret_dgis.append(Dgi(spec.dgi, b"".join(w.ciphertext for w in wrapped), True))
-            secret_dgis.append(Dgi(spec.kcv_dgi, b"".join(w.kcv[:KCV_LENGTH] for w in wrapped)))
-            for role, w in zip(("mk_ac", "mk_smi", "mk_smc"), wrapped, strict=True):
-                kcvs[f"{spec.name}.{role}"] = w.kcv[:KCV_LENGTH].hex().upper()
+            short = [w.kcv[:KCV_LENGTH] for w in wrapped]
+            secret_dgis.append(Dgi(spec.dgi, b"".join([w.ciphertext for w in wrapped]), True))
+            secret_dgis.append(Dgi(spec.kcv_dgi, b"".join(short)))
+            for role, value in zip(roles, short, strict=True):
+                kcvs[role] = value.hex().upper()
         secret_dgis += self._kmc_dgis(record, kcvs)
         secret_dgis += self._sensitive_dgis(record)
-        pair = self._icc_source(
-            profile.icc_key.algorithm.value, profile.icc_key.bits, profile.icc_key.exponent, keys.tk
-        )
+        algorithm, bits, exponent = self._icc_request
+        pair = self._icc_source(algorithm, bits, exponent, tk)
         private_dgis = [
             Dgi(dgi_id, part, True)
             for dgi_id, part in zip(profile.icc_key.dgis, pair.private_under_tk, strict=True)
@@ -523,11 +593,12 @@ class CardPreparer:
         if spec is None or kmc is None or not record.kdd:
             return []
         wrapped = self.store.diversify_and_wrap(kmc, record.kdd, spec.method, self.keys.tk)
-        for role, w in zip(("kenc", "kmac", "kdek"), wrapped, strict=True):
-            kcvs[f"kmc.{role}"] = w.kcv[:KCV_LENGTH].hex().upper()
-        out = [Dgi(spec.dgi, b"".join(w.ciphertext for w in wrapped), True)]
+        short = [w.kcv[:KCV_LENGTH] for w in wrapped]
+        for role, value in zip(_KMC_ROLES, short, strict=True):
+            kcvs[role] = value.hex().upper()
+        out = [Dgi(spec.dgi, b"".join([w.ciphertext for w in wrapped]), True)]
         if spec.kcv_dgi is not None:
-            out.append(Dgi(spec.kcv_dgi, b"".join(w.kcv[:KCV_LENGTH] for w in wrapped)))
+            out.append(Dgi(spec.kcv_dgi, b"".join(short)))
         return out
 
     def _translate(self, name: str, ciphertext: bytes, pan: str) -> bytes:
@@ -552,12 +623,11 @@ class CardPreparer:
             pin_under_tk = self._translate(PIN_BLOCK, record.secrets[PIN_BLOCK], record.pan)
             out.append(Dgi(pin.dgi, pin_under_tk, True))
             out.append(Dgi(pin.try_dgi, bytes([pin.try_limit, pin.try_limit])))
-        shipped = {PIN_BLOCK} if pin is not None else set()
         for name, dgi_id in self.profile.secret_dgis:
             value = record.secrets.get(name)
             if value:
                 out.append(Dgi(dgi_id, self._translate(name, value, record.pan), True))
-            shipped.add(name)
+        shipped = self._shipped
         for name, value in record.secrets.items():  # not shipped: still must decrypt well
             if value and name not in shipped:
                 self._check_encrypted(name, value, record.pan)
@@ -636,23 +706,25 @@ class CardPreparer:
         return values
 
     def _records(self, record: CardRecord, icc_public: bytes, icc_exponent: bytes) -> list[Dgi]:
-        profile, encoded, constant = self.profile, self._encoded, self._constant_records
+        profile, constant = self.profile, self._constant_records
+        plan = self._templates
         values = self._card_values(record, icc_exponent)
         built: dict[tuple[int, int], bytes] = {}
         dgis: dict[int, Dgi] = {}
-        for index, template in enumerate(profile.records):
-            if index in constant:
-                built[(template.sfi, template.record)], dgis[index] = constant[index]
-            elif ICC_CERT_TAGS.isdisjoint(template.tags):
-                built[(template.sfi, template.record)] = record_template(template, values, encoded)
+        for index, template, key, has_cert, parts in plan:
+            known = constant.get(index)
+            if known is not None:
+                built[key], dgis[index] = known
+            elif not has_cert:
+                built[key] = _fill_record(template, parts, values)
         static = static_data_to_authenticate(profile.afl, built, profile.sda_tag_list, profile.aip)
         values |= self._icc_certificate(record, icc_public, icc_exponent, static)
-        for template in profile.records:
-            if not ICC_CERT_TAGS.isdisjoint(template.tags):
-                built[(template.sfi, template.record)] = record_template(template, values, encoded)
+        for _, template, key, has_cert, parts in plan:
+            if has_cert:
+                built[key] = _fill_record(template, parts, values)
         return [
-            dgis[i] if i in dgis else Dgi(t.dgi, built[(t.sfi, t.record)])
-            for i, t in enumerate(profile.records)
+            dgis[index] if index in dgis else Dgi(template.dgi, built[key])
+            for index, template, key, _, _ in plan
         ]
 
     def _icc_certificate(

@@ -7,6 +7,8 @@ no published vector is needed for a concatenation rule.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import PreparationError
 from pipeline.prep.card import MAX_RECORD_LENGTH, PreparedCard, record_template
@@ -46,3 +48,35 @@ def test_prepared_card_repr_shows_no_values() -> None:
     assert "0101,8000" in text
     assert card.dgi(0x8000) is not None and card.dgi(0x9000) is None
     assert "4761739F" not in repr(card.dgis[0]).upper()
+
+
+# --- a template with constants already encoded (a CardPreparer's per-product plan) ----------
+
+#: card tags (5A, 57, 5F24, 9F46: encoded per card) and product constants (82, 8C, 92, 9F07)
+_TAGS = [b"\x5a", b"\x57", b"\x5f\x24", b"\x9f\x46", b"\x82", b"\x8c", b"\x92", b"\x9f\x07"]
+
+
+def _tlv(tag: bytes, value: bytes) -> bytes:
+    """BER-TLV by hand (Book 3 B2): one length byte below 80, else 81 xx."""
+    length = bytes([len(value)]) if len(value) < 0x80 else bytes([0x81, len(value)])
+    return tag + length + value
+
+
+@given(
+    tags=st.lists(st.sampled_from(_TAGS), min_size=1, max_size=8, unique=True),
+    values=st.dictionaries(st.sampled_from(_TAGS), st.binary(max_size=20)),
+    encoded=st.dictionaries(
+        st.sampled_from(_TAGS), st.one_of(st.just(b""), st.binary(min_size=3, max_size=12))
+    ),
+)
+@settings(max_examples=300, deadline=None)
+def test_pre_encoded_and_card_tags_keep_template_order(
+    tags: list[bytes], values: dict[bytes, bytes], encoded: dict[bytes, bytes]
+) -> None:
+    """Runs of pre-encoded TLVs joined once per product must land exactly where
+    the tag-by-tag encoding puts them, around the card's own data objects."""
+    rec = RecordTemplate(2, 1, tuple(tags))
+    body = b"".join(
+        encoded[t] if t in encoded else (_tlv(t, values[t]) if values.get(t) else b"") for t in tags
+    )
+    assert record_template(rec, values, encoded) == _tlv(b"\x70", body)
