@@ -41,6 +41,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +76,20 @@ BUREAU_FORMAT = "CARDPREP-PERSO"
 BUREAU_VERSION = "1"
 FLAG_ENCRYPTED = 0x01
 _SEP = "|"
+#: ``id (2) || flags (1) || length (2)``, big-endian: one call per DGI instead of three
+_DGI_HEAD = struct.Struct(">HBH").pack
 
 
 def encode_card_dgis(dgis: Iterable[Dgi]) -> bytes:
     """The clear card payload: ``id || flags || len(2) || value`` per DGI."""
-    out = bytearray()
+    parts: list[bytes] = []
     for d in dgis:
-        if len(d.value) > 0xFFFF:
-            raise InvalidInputError(f"dgi {d.id:04X}", f"{len(d.value)} bytes exceeds 65535")
-        out += d.id.to_bytes(2, "big")
-        out.append(FLAG_ENCRYPTED if d.encrypted else 0)
-        out += len(d.value).to_bytes(2, "big")
-        out += d.value
-    return bytes(out)
+        value = d.value
+        if len(value) > 0xFFFF:
+            raise InvalidInputError(f"dgi {d.id:04X}", f"{len(value)} bytes exceeds 65535")
+        parts.append(_DGI_HEAD(d.id, FLAG_ENCRYPTED if d.encrypted else 0, len(value)))
+        parts.append(value)
+    return b"".join(parts)
 
 
 def decode_card_dgis(data: bytes) -> list[Dgi]:

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.audit.trail import canonical
 from pipeline.errors import VerificationError
-from pipeline.io.sealed import open_sealed, read_sealed_header, seal
+from pipeline.io.sealed import MAGIC, open_sealed, read_sealed_header, seal
 from pipeline.io.staging import read_segment, records_from_ipc, records_to_ipc, write_segment
+from pipeline.keys.model import KeyRef
 from pipeline.records.validate import CardRecord
 
 digits = st.text("0123456789", min_size=13, max_size=19)
@@ -91,3 +93,25 @@ def test_segment_has_no_clear_pan_and_checks_its_binding(tmp_path: Path, store, 
     assert table.column("pan").to_pylist() == ["4761739001010119"]
     with pytest.raises(VerificationError, match=r"\[staging binding\]"):
         read_segment(store, path, batch_id="00ab", segment=1)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_sealed_header_is_the_canonical_json(header: dict[str, object]) -> None:
+    """The seal frames its header with an encoder built once (issue 7): the bytes must be
+    pipeline.audit.trail.canonical's (sorted keys, compact, UTF-8, non-ASCII kept)."""
+
+    class Store:  # encrypt_data's output is irrelevant to the clear header
+        def encrypt_data(self, key: object, data: bytes, purpose: str) -> bytes:
+            return b""
+
+    blob = seal(Store(), KeyRef("demo-data", 1), "card", header, b"")  # type: ignore[arg-type]
+    head = canonical({**header, "kind": "card", "key": "demo-data@v1"})
+    assert blob == MAGIC + len(head).to_bytes(4, "big") + head
