@@ -86,6 +86,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _ERROR = "error"
+#: ``json.dumps(kcvs, sort_keys=True)`` with its encoder built once, not per card (issue 7)
+_kcvs_json = json.JSONEncoder(sort_keys=True).encode
 #: what a chunk task returns: ("ok", part rows IPC, reject rows) or ("error", marker, None)
 _Result = tuple[str, Any, Any]
 
@@ -239,7 +241,7 @@ class ShardWorker:
                     dgis=result.dgis,
                 )
             )
-            columns["kcvs"].append(json.dumps(dict(result.kcvs), sort_keys=True))
+            columns["kcvs"].append(_kcvs_json(dict(result.kcvs)))
             columns["icc_pk_sha256"].append(result.icc_public_key_sha256)
         import pyarrow as pa  # noqa: PLC0415 (already loaded by staging)
 
