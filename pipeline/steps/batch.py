@@ -18,6 +18,8 @@ delete staging) without preparing anything, and returns its summary
 (``resumed: "reconcile"``).  A re-triggered ``card_batch`` run does likewise:
 its ``verify_and_parse`` returns
 :func:`~pipeline.steps.reconcile.unreconciled_summary` for such a batch.
+A run refused before it wrote anything (a wrong issuer in the header, a bad
+trailer...) leaves no batch directory behind.
 
 Example:
     >>> summary = run_batch("demo", "inbound/x.dat", load_settings())  # doctest: +SKIP
@@ -89,7 +91,10 @@ def run_batch(
     cfg = load_issuer(issuer, bs.config_dir)
     batch_id = _batch_id_of(path)
     paths = bs.paths(cfg.id, batch_id)
-    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
+    # discard_unused: a file refused before anything is written (wrong issuer,
+    # bad trailer...) leaves no batch directory holding only .lock
+    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
+                        discard_unused=True), \
             opened_store(settings, store) as ks:  # fmt: skip
         if not force and is_unreconciled(paths):
             log.warning("batch %s is published but its reconcile step did not finish "

@@ -182,7 +182,9 @@ def verify_and_parse(
     )  # fmt: skip
     if not stage:
         return _parse(cfg, source, summary, layout, day, bs, paths, None, started)
-    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait), \
+    # discard_unused: a run refused here leaves no batch directory holding only .lock
+    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
+                        discard_unused=True), \
             opened_store(settings, store) as ks:  # fmt: skip
         if not force and is_unreconciled(paths):
             log.warning("batch %s is published but its reconcile did not finish: only "
