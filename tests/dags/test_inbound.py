@@ -53,7 +53,8 @@ def test_a_symlink_in_the_inbound_folder_is_refused(
         "dangling": tmp_path / "gone.dat",
     }[target]
     (inbound / "link.dat").symlink_to(points_to)
-    with pytest.raises(ConfigError, match=r"file: link\.dat in the inbound folder .* symbolic link"):
+    refused = r"file: link\.dat in the inbound folder .* symbolic link"
+    with pytest.raises(ConfigError, match=refused):
         resolve_inbound_file("demo", "link.dat", _settings(inbound.parent))
 
 
