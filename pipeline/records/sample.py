@@ -155,8 +155,9 @@ def _seq_digits(layout: Layout) -> int:
     return spec.length or spec.max_length or _DEFAULT_SEQ_DIGITS
 
 
-def _file_seq(issuer: IssuerConfig, layout: Layout, requested: str | int | None,
-              derived: Callable[[int], str]) -> str:
+def _file_seq(
+    issuer: IssuerConfig, layout: Layout, requested: str | int | None, derived: Callable[[int], str]
+) -> str:
     """The sample's ``file_seq``: ``requested`` (checked against the field) or ``derived``."""
     if FILE_SEQ_FIELD in dict(issuer.sample.get("header", {})):
         raise ConfigError(
