@@ -21,7 +21,10 @@ the same functions):
 2. `verify_and_parse` (one per file) - header/trailer/hash total before any
    cryptography, validation, sealed staging; a published batch is refused
    unless `force` (then audited), except one whose reconcile was cut short
-   (killed after the manifest): that run only finishes `reconcile`
+   (killed after the manifest): that run only finishes `reconcile`; a file
+   whose header (issuer id, file date, file_seq) names a delivery already
+   taken in as another batch (re-sent with other bytes) is refused too
+   (`[duplicate_delivery]`, docs/INPUT.md "Deliveries"), unless `force`
 3. `plan_shards` - cut valid records into shards of `shard_size`
 4. `prepare` (mapped, pool `hsm`) - one shard per task; a process pool uses
    every core of the worker
@@ -36,7 +39,8 @@ resumes finished shards and never publishes a card twice.
 
 **Params**: `issuer` (fixed per DAG), `file` (a name in the inbound folder;
 empty = every new file), `shard_size`, `dry_run` (verify and validate only,
-nothing written), `force` (re-prepare a published batch; audited).
+nothing written), `force` (re-prepare a published batch, or a re-sent
+delivery; audited).
 
 **Secrets**: the key store PIN comes from the Connection `cardprep_keystore`
 and is handed to the key store only; XCom carries paths, counts, key labels
@@ -122,7 +126,8 @@ def build(issuer: str) -> Any:
             "force": Param(
                 False,
                 type="boolean",
-                description="Prepare an already published file again (audited).",
+                description="Prepare an already published file, or a re-sent delivery "
+                "(same header issuer id, file date and file_seq), again (audited).",
             ),
         },
     )

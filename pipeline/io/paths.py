@@ -1,7 +1,11 @@
 """Storage layout of batches, partitioned by issuer and batch id.
 
 DESIGN.md principle 3: outputs are partitioned by batch id, and the manifest is
-written last as the commit marker.  A batch directory looks like::
+written last as the commit marker.  ``<root>/deliveries/<issuer>.json``
+indexes an issuer's deliveries by header identity
+(:mod:`pipeline.io.deliveries`); outside ``batches/`` so that
+``<root>/batches/<issuer>/`` holds batch directories only.  A batch
+directory looks like::
 
     <root>/batches/<issuer>/<batch_id>/
         staging/segment-00000.sealed       valid input records (Arrow IPC), sealed
@@ -55,6 +59,16 @@ class BatchPaths:
     @property
     def base(self) -> Path:
         return self.root / "batches" / self.issuer / self.batch_id
+
+    @property
+    def deliveries(self) -> Path:
+        """The issuer's delivery index (:mod:`pipeline.io.deliveries`)."""
+        return self.root / "deliveries" / f"{self.issuer}.json"
+
+    @property
+    def deliveries_lock(self) -> Path:
+        """Lock held while the issuer's delivery index is read and rewritten."""
+        return self.root / "deliveries" / f".{self.issuer}.lock"
 
     @property
     def staging(self) -> Path:

@@ -6,9 +6,8 @@ verify/parse -> plan -> prepare each shard -> publish -> reconcile.  The
 shards share one process pool (:class:`~pipeline.steps.prepare.WorkerPool`),
 not one per shard; it starts before the file is parsed, so fork and each
 worker's tables (:meth:`~pipeline.steps.prepare.WorkerPool.warm`) overlap the
-parse.  A second run
-of the same file while this one holds the lock
-waits ``batch.lock_wait`` seconds, then refuses with
+parse.  A second run of the same file while this one holds the lock waits
+``batch.lock_wait`` seconds, then refuses with
 :class:`~pipeline.errors.BatchLockedError`; after it, the batch is published
 and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
 ``force``.  One exception: a run killed after the manifest (the commit
@@ -18,8 +17,12 @@ delete staging) without preparing anything, and returns its summary
 (``resumed: "reconcile"``).  A re-triggered ``card_batch`` run does likewise:
 its ``verify_and_parse`` returns
 :func:`~pipeline.steps.reconcile.unreconciled_summary` for such a batch.
-A run refused before it wrote anything (a wrong issuer in the header, a bad
-trailer...) leaves no batch directory behind.
+
+Another file whose header names a delivery already taken in as another batch
+(a re-sent delivery with other bytes) is refused as well, unless ``force``
+(:func:`~pipeline.steps.parse.check_delivery`).  A run refused before it
+wrote anything (that, a wrong issuer in the header, a bad trailer...) leaves
+no batch directory behind.
 
 Example:
     >>> summary = run_batch("demo", "inbound/x.dat", load_settings())  # doctest: +SKIP
@@ -75,7 +78,7 @@ def run_batch(
     bs = batch_settings(settings)
     size = shard_size or bs.shard_size
     if dry_run:
-        parsed = verify_and_parse(issuer, path, settings, batch_date, stage=False)
+        parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, stage=False)
         shards = plan_shards(parsed, size)
         return {
             "dry_run": True,
@@ -92,7 +95,7 @@ def run_batch(
     batch_id = _batch_id_of(path)
     paths = bs.paths(cfg.id, batch_id)
     # discard_unused: a file refused before anything is written (wrong issuer,
-    # bad trailer...) leaves no batch directory holding only .lock
+    # bad trailer, a re-sent delivery...) leaves no batch directory holding only .lock
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
                         discard_unused=True), \
             opened_store(settings, store) as ks:  # fmt: skip

@@ -9,6 +9,12 @@ DESIGN.md "The batch, step by step" 1-2 and issue 5 "Validation and rejects":
    unless ``force``; a forced re-run is audited and the old manifest is moved
    to ``superseded/`` before anything else changes, so a crash during the
    re-run never leaves an old manifest beside new parts.
+   A file whose header names a delivery (issuer id, file date, file
+   sequence) already taken in as *another* batch is refused too, unless
+   ``force`` (audited): a re-sent delivery with other bytes (CRLF line ends,
+   re-exported) has another batch id (:func:`check_delivery`,
+   docs/INPUT.md "Deliveries").  Both refusals come before anything is
+   staged, and a refused run leaves no batch directory behind.
 3. Each record is validated (:class:`~pipeline.records.validate.Validator`);
    valid records are staged in sealed Arrow segments (no clear PAN on disk),
    rejects stream to ``staging/rejects-parse.parquet``.
@@ -32,12 +38,23 @@ import json
 import logging
 import time
 from collections import Counter
+from contextlib import nullcontext
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InputFileCheckError, PublishError, ReconciliationError
 from pipeline.io.atomic import write_text_atomic
+from pipeline.io.deliveries import (
+    IN_PROGRESS,
+    INDEX_LOCK_WAIT,
+    PUBLISHED,
+    Delivery,
+    delivery_of,
+    find_delivery,
+    record_delivery,
+)
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.paths import BatchPaths, batch_id_for
 from pipeline.io.rejects import RejectWriter, reject_row
@@ -47,13 +64,25 @@ from pipeline.keys.store import KeyStore
 from pipeline.profiles.loader import product_path
 from pipeline.records.issuers import IssuerConfig, load_issuer
 from pipeline.records.layout import Layout, load_layout
-from pipeline.records.parse import Check, FileSummary, iter_records, verify_file
+from pipeline.records.parse import (
+    ISSUER_ID_FIELD,
+    Check,
+    FileSummary,
+    iter_records,
+    verify_file,
+)
 from pipeline.records.validate import CardRecord, Validator
 from pipeline.steps.audit import audit_batch
 from pipeline.steps.context import BatchSettings, batch_settings, opened_store
 from pipeline.steps.reconcile import is_unreconciled, unreconciled_summary
 
-__all__ = ["PARSED_FORMAT", "check_header_issuer", "refuse_or_supersede", "verify_and_parse"]
+__all__ = [
+    "PARSED_FORMAT",
+    "check_delivery",
+    "check_header_issuer",
+    "refuse_or_supersede",
+    "verify_and_parse",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +171,110 @@ def check_header_issuer(cfg: IssuerConfig, summary: FileSummary, source: Path) -
     expected = cfg.header_issuer_id
     if expected is None:
         return
-    found = summary.header.get("issuer_id", "")
+    found = summary.header.get(ISSUER_ID_FIELD, "")
     if found != expected:
         raise InputFileCheckError(
             str(source),
             Check.ISSUER.value,
             f"header issuer_id {found!r} is not issuer {cfg.id}'s {expected!r}",
         )
+
+
+def _earlier_batch(paths: BatchPaths, delivery: Delivery) -> tuple[str, str] | None:
+    """(batch id, "published" | "in progress") of another batch holding ``delivery``, or None.
+
+    Published: that batch's manifest exists (it stays after a retention
+    purge), or the index says so (its directory was removed by hand: the
+    bureau has its cards all the same).  In progress: its directory exists.
+    Neither: the run that claimed the delivery was refused or abandoned and
+    left nothing, so the claim is stale and the delivery is free.
+    """
+    entry = find_delivery(paths, delivery)
+    if entry is None or entry.batch_id == paths.batch_id:
+        return None
+    other = replace(paths, batch_id=entry.batch_id)
+    if other.manifest.exists() or entry.state == PUBLISHED:
+        return entry.batch_id, "published"
+    if other.base.is_dir():
+        return entry.batch_id, "in progress"
+    log.warning("%s: batch %s claimed it but left nothing (refused or abandoned run); "
+                "the claim is stale", delivery.describe(), entry.batch_id)  # fmt: skip
+    return None
+
+
+def check_delivery(
+    cfg: IssuerConfig,
+    summary: FileSummary,
+    source: Path,
+    paths: BatchPaths,
+    *,
+    force: bool,
+    store: KeyStore | None,
+    bs: BatchSettings,
+    claim: bool,
+) -> Delivery | None:
+    """Refuse a re-sent delivery unless ``force``; with ``claim``, record this batch as its holder.
+
+    A delivery is what the header names: issuer id, file date (the layout's
+    ``batch_date_field``) and file sequence (``file_seq``), per issuer; an
+    issuer's card operations and the bureau count deliveries that way, while
+    the batch id is the SHA-256 of the bytes, so the same delivery re-sent
+    with CRLF line ends or re-exported would be prepared again with new keys
+    (docs/INPUT.md "Deliveries").  When another batch holds the delivery
+    (published, or in progress), :class:`~pipeline.errors.InputFileCheckError`
+    ``[duplicate_delivery]`` names that batch and the header values (not
+    secret).  ``force`` lets the file through, audited
+    (``batch.duplicate_delivery_forced``) before anything is staged.
+
+    ``claim`` (the staging run, called with the batch lock held) decides and
+    records under the issuer's index lock, so two runs of one delivery with
+    other bytes cannot both pass; without it (dry run) the check only reads.
+    Returns the delivery, or None when the layout cannot name one (no
+    ``file_seq`` or batch-date header field): then nothing is checked.
+
+    Example:
+        >>> check_delivery(cfg, summary, Path("x.dat"), paths, force=False, store=ks,
+        ...                bs=bs, claim=True)                           # doctest: +SKIP
+        Delivery(issuer_id='DEMO', file_date='20250115', file_seq='000001')
+    """
+    delivery = delivery_of(summary.header, summary.batch_date_field)
+    if delivery is None:
+        return None
+    what = f"delivery index of issuer {cfg.id}"
+    guard = (
+        exclusive_lock(paths.deliveries_lock, what, wait=INDEX_LOCK_WAIT)
+        if claim
+        else nullcontext()
+    )
+    with guard:
+        earlier = _earlier_batch(paths, delivery)
+        if earlier is not None:
+            batch, state = earlier
+            if not force:
+                raise InputFileCheckError(
+                    str(source),
+                    Check.DUPLICATE_DELIVERY.value,
+                    f"{delivery.describe()} is issuer {cfg.id}'s delivery already taken in as "
+                    f"batch {batch} ({state}); this file has other bytes (batch "
+                    f"{paths.batch_id}) and would make every card again. A new delivery "
+                    "needs the issuer's next file_seq; to prepare this file anyway, re-run "
+                    "with force (audited)",
+                )
+            log.warning("batch %s: %s was taken in as batch %s (%s); accepted again (force)",
+                        paths.batch_id, delivery.describe(), batch, state)  # fmt: skip
+            if claim:
+                if store is None:
+                    raise PublishError(f"batch {paths.batch_id}",
+                                       "a forced re-send needs the key store (audit)")  # fmt: skip
+                audit_batch(
+                    store, bs.actor, "batch.duplicate_delivery_forced", paths.batch_id,
+                    earlier_batch=batch, earlier_state=state, input=source.name,
+                    **delivery.to_json(),
+                )  # fmt: skip
+        if claim:
+            record_delivery(paths, delivery, state=IN_PROGRESS, input_name=source.name,
+                            earlier=(earlier[0],) if earlier else ())  # fmt: skip
+    return delivery
 
 
 def verify_and_parse(
@@ -181,7 +307,9 @@ def verify_and_parse(
         batch_id, source.name, summary.record_count, layout.name, day,
     )  # fmt: skip
     if not stage:
-        return _parse(cfg, source, summary, layout, day, bs, paths, None, started)
+        delivery = check_delivery(cfg, summary, source, paths, force=force, store=None, bs=bs,
+                                  claim=False)  # fmt: skip
+        return _parse(cfg, source, summary, layout, day, bs, paths, None, started, delivery)
     # discard_unused: a run refused here leaves no batch directory holding only .lock
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
                         discard_unused=True), \
@@ -191,12 +319,14 @@ def verify_and_parse(
                         "reconcile is left, nothing is prepared again", batch_id)  # fmt: skip
             return unreconciled_summary(paths)
         refuse_or_supersede(paths, force=force, store=ks, bs=bs, reason="verify_and_parse")
+        delivery = check_delivery(cfg, summary, source, paths, force=force, store=ks, bs=bs,
+                                  claim=True)  # fmt: skip
         if not force:
             resumed = _resume(paths, summary.sha256)
             if resumed is not None:
                 log.info("batch %s: staging complete from an earlier run; resumed", batch_id)
                 return resumed
-        return _parse(cfg, source, summary, layout, day, bs, paths, ks, started)
+        return _parse(cfg, source, summary, layout, day, bs, paths, ks, started, delivery)
 
 
 def _parse(  # noqa: PLR0917 (internal)
@@ -209,6 +339,7 @@ def _parse(  # noqa: PLR0917 (internal)
     paths: BatchPaths,
     store: KeyStore | None,
     started: float,
+    delivery: Delivery | None,
 ) -> dict[str, Any]:
     products = _available_products(cfg.products, bs.config_dir)
     validator = Validator(cfg, layout, day, products=products)
@@ -279,6 +410,8 @@ def _parse(  # noqa: PLR0917 (internal)
         "input_hash_check": f"{layout.hash_total.method.value} matched the trailer",
         "layout": layout.name,
         "batch_date": day.isoformat(),
+        # the header's delivery identity (not secret); publish marks it published
+        "delivery": delivery.to_json() if delivery is not None else None,
         "batch_dir": str(paths.base),
         "records": records,
         "valid": valid,

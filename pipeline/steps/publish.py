@@ -24,6 +24,8 @@ DESIGN.md step 5 and issue 5 "Output":
    the commit marker: a kill before it leaves an unpublished batch (the
    re-run writes every output again), a kill after it a published batch whose
    files are all complete and hashed; no step rewrites a listed file.
+5. The issuer's delivery index (:mod:`pipeline.io.deliveries`) marks the
+   file's delivery (header issuer id, file date, file sequence) published.
 
 Example:
     >>> published = publish(parsed, shard_results, settings)   # doctest: +SKIP
@@ -46,6 +48,7 @@ import pyarrow.parquet as pq
 
 import pipeline
 from pipeline.errors import CardprepError, ConfigError, PublishError, ReconciliationError
+from pipeline.io.deliveries import PUBLISHED, Delivery, record_delivery
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import MANIFEST_FORMAT, seal_manifest, write_manifest
 from pipeline.io.parts import iter_part_batches, read_part_metadata
@@ -365,6 +368,7 @@ def publish(
             files.append(_file_entry(path, paths.base, kind))
         sealed = seal_manifest(manifest, ks, manifest_key)
         write_manifest(paths.manifest, sealed)
+        _mark_delivery_published(paths, parsed)
     log.info(
         "batch %s published: %d in, %d prepared, %d rejected %s; manifest MAC under %s kcv=%s",
         paths.batch_id,
@@ -392,6 +396,24 @@ def publish(
         "report_html": str(paths.report_html),
         "timings": report["timings"],
     }
+
+
+def _mark_delivery_published(paths: BatchPaths, parsed: dict[str, Any]) -> None:
+    """Record in the issuer's delivery index that this batch published its delivery.
+
+    After the manifest (the commit marker), so it must not fail the publish:
+    the parse step already recorded this batch as the delivery's holder, and
+    the duplicate check reads a holder with a manifest as published anyway.
+    The ``published`` state only outlives a batch directory removed by hand.
+    """
+    delivery = Delivery.from_json(parsed.get("delivery"))
+    if delivery is None:
+        return
+    try:
+        record_delivery(paths, delivery, state=PUBLISHED, input_name=str(parsed["input_name"]))
+    except (CardprepError, OSError) as exc:
+        log.error("batch %s: published, but the delivery index was not updated: %s",
+                  paths.batch_id, exc)  # fmt: skip
 
 
 def _timings(

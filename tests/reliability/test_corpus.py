@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import pytest
 
 from pipeline.io.parts import iter_part_batches
 from pipeline.keys import open_store
-from pipeline.keys.settings import load_settings
+from pipeline.keys.settings import Settings, load_settings
 from pipeline.steps.batch import run_batch
 from tests.corpus import make_corpus
 from tests.reliability.corpuskit import CORPUS, cases, full_pans, run_validate
@@ -132,6 +133,19 @@ def engine(template_world: World, tmp_path_factory: pytest.TempPathFactory) -> I
 FULL = [c for c in CASES if c["full_path"]]
 
 
+def _own_storage(settings: Settings, case: dict[str, Any]) -> Settings:
+    """``settings`` with a storage root of the case's own (same key store).
+
+    Every case is a variant of one base file with one header, i.e. one
+    delivery (issuer id, file date 20250115, file_seq 000001): in one storage
+    the second case would be refused as that delivery re-sent with other
+    bytes (docs/INPUT.md "Deliveries"), which is not what this test is about.
+    """
+    storage = dict(settings.raw.get("storage") or {})
+    storage["root"] = str(Path(storage.get("root", "var")) / "cases" / case["id"])
+    return replace(settings, raw={**settings.raw, "storage": storage})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [_param(c, KNOWN_PREPARE_BUGS | KNOWN_BUGS) for c in FULL])
 def test_full_prepare_path(case: dict[str, Any], engine: Any) -> None:
@@ -142,8 +156,8 @@ def test_full_prepare_path(case: dict[str, Any], engine: Any) -> None:
     """
     settings, store = engine
     expect = case["expect"]
-    summary = run_batch(case["issuer"], CORPUS / case["file"], settings, store=store,
-                        workers=1)  # fmt: skip
+    summary = run_batch(case["issuer"], CORPUS / case["file"], _own_storage(settings, case),
+                        store=store, workers=1)  # fmt: skip
     c = summary["counts"]
     assert c["in"] == expect["records"] == c["prepared"] + c["rejected"]
     batch = Path(summary["batch_dir"])

@@ -16,6 +16,7 @@ from pipeline.io.paths import BatchPaths, batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
 from pipeline.records.sample import write_sample
 from pipeline.steps.batch import run_batch
+from pipeline.steps.parse import verify_and_parse
 from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
     BATCH_DATE,
     CONFIG,
@@ -55,22 +56,43 @@ def _bad_count(src: Path) -> Path:
     return out
 
 
+def _resent(src: Path) -> Path:
+    out = src.with_name("resent.dat")
+    out.write_bytes(src.read_bytes().replace(b"\n", b"\r\n"))
+    return out
+
+
 @pytest.mark.parametrize(
     ("make", "check"),
-    [(_other_issuer, "issuer"), (_bad_count, "count")],
+    [(_other_issuer, "issuer"), (_bad_count, "count"), (_resent, "duplicate_delivery")],
 )
 def test_cardprep_run_of_a_refused_file_leaves_no_batch_directory(
     env: BatchEnv, tmp_path: Path, settings: Settings, make: object, check: str
 ) -> None:
     good = _good(tmp_path, 61)
+    if check == "duplicate_delivery":
+        run_batch("demo", good, settings, workers=1, store=env.store)
     bad = make(good)  # type: ignore[operator]
     with pytest.raises(InputFileCheckError) as caught:
         run_batch("demo", bad, settings, workers=1, store=env.store)
     assert caught.value.check == check
     paths = _paths(settings, bad)
     assert not paths.base.exists(), f"left {sorted(p.name for p in paths.base.iterdir())}"
-    # the issuer's directory is still usable: the good file runs
-    assert run_batch("demo", good, settings, workers=1, store=env.store)["counts"]["in"] == 3
+    # the issuer's directory is still usable: the good file runs (or is already published)
+    if check != "duplicate_delivery":
+        assert run_batch("demo", good, settings, workers=1, store=env.store)["counts"]["in"] == 3
+
+
+def test_the_dag_task_of_a_resent_delivery_leaves_no_batch_directory(
+    env: BatchEnv, tmp_path: Path, settings: Settings
+) -> None:
+    """verify_and_parse (the DAG's first task) takes the batch lock itself."""
+    good = _good(tmp_path, 62)
+    run_batch("demo", good, settings, workers=1, store=env.store)
+    resent = _resent(good)
+    with pytest.raises(InputFileCheckError, match=r"\[duplicate_delivery\]"):
+        verify_and_parse("demo", resent, settings, BATCH_DATE, store=env.store)
+    assert not _paths(settings, resent).base.exists()
 
 
 def test_a_directory_this_run_did_not_create_is_left_alone(
