@@ -215,6 +215,41 @@ def test_sm2_pair_delivered_under_tk_matches_public_point(
     assert pool.status()[0].free == 4 and pool.status()[0].claimed == 1
 
 
+def test_claimed_entries_are_delivered_only_as_cards_take_them(
+    store: SoftKeyStore, pool: KeyPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim of 16 with deliveries of 4: 5 cards check and re-encrypt 8 entries, not 16."""
+    tk = store.active("tk-sm4")
+    fill(store, pool, SM2_SPEC, tk, 20, actor="ops", workers=1)
+    checked: list[bytes] = []
+    translated: list[int] = []
+    real_verify, real_translate = store.verify_mac, store.translate
+
+    def verify_mac(*args: object, **kw: object) -> bool:
+        checked.append(args[1])  # type: ignore[arg-type]
+        return real_verify(*args, **kw)  # type: ignore[arg-type]
+
+    def translate(blob: bytes, *args: object, **kw: object) -> bytes:
+        translated.append(len(blob))
+        return real_translate(blob, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "verify_mac", verify_mac)
+    monkeypatch.setattr(store, "translate", translate)
+    source = PoolIccSource(pool, store, ClaimTag("batch", "0"), chunk=16, deliver=4)
+    pairs = [source("sm2", None, None, tk) for _ in range(5)]
+    assert len({p.public_key for p in pairs}) == 5
+    assert source.stats() == {"claimed": 16, "handed": 5, "inline": 0}
+    assert len(checked) == 8 and translated == [4 * 32, 4 * 32]
+    # the 11 never handed out (3 delivered, 8 still pending) all go back to free
+    assert source.close() == 11
+    assert pool.status()[0].free == 15 and pool.status()[0].claimed == 5
+
+
+def test_deliver_must_be_positive(store: SoftKeyStore, pool: KeyPool) -> None:
+    with pytest.raises(InvalidInputError, match="deliver"):
+        PoolIccSource(pool, store, ClaimTag("batch", "0"), deliver=0)
+
+
 def test_claims_never_overlap_and_follow_order(store: SoftKeyStore, pool: KeyPool) -> None:
     fill(store, pool, SM2_SPEC, store.active("tk-sm4"), 50, actor="ops", workers=1)
     a = pool.claim(SM2_SPEC, "icc-pool-sm4", 20, ClaimTag("b", "0", "w1"))
