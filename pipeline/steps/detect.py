@@ -4,7 +4,9 @@ DESIGN.md "The batch, step by step" 1: a file lands in the issuer's inbound
 directory; the batch id comes from its SHA-256, so a file whose batch is
 already published is not offered again.  That includes a batch retention has
 purged: its MACed manifest stays (with ``purged.json``), so a re-delivered
-copy of a purged file is not prepared a second time.
+copy of a purged file is not prepared a second time.  A symbolic link in the
+inbound folder is never offered (it could point outside it), as
+``resolve_inbound_file`` refuses one named by an operator.
 
 Example:
     >>> detect("demo", load_settings())          # doctest: +SKIP
@@ -44,7 +46,13 @@ def detect(issuer: str, settings: Settings) -> list[str]:
         log.info("detect: issuer %s has no inbound directory %s", issuer, inbound)
         return []
     waiting: list[str] = []
-    for path in sorted(p for p in inbound.iterdir() if _candidate(p)):
+    for path in sorted(inbound.iterdir()):
+        if path.is_symlink():  # as resolve_inbound_file: a link could point outside inbound
+            log.warning("detect: %s is a symbolic link, not offered; deliver the file itself",
+                        path.name)  # fmt: skip
+            continue
+        if not _candidate(path):
+            continue
         batch_id = batch_id_for(sha256_file(path))
         paths = bs.paths(issuer, batch_id)
         if paths.manifest.exists():
