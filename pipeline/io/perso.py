@@ -62,6 +62,7 @@ __all__ = [
     "BureauCard",
     "BureauFileWriter",
     "BureauHeader",
+    "count_bureau_records",
     "decode_card_dgis",
     "dgi_list",
     "encode_card_dgis",
@@ -275,13 +276,8 @@ class BureauFileWriter:
         self._ctx.__exit__(exc_type, exc, tb)
 
 
-def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
-    """Open a bureau file: (header, iterator of cards).
-
-    The iterator checks sequence numbers and, at the end, the trailer's count
-    and hash; any failure raises :class:`VerificationError` naming the file
-    and the check.
-    """
+def _open_bureau_file(path: Path) -> tuple[BureauHeader, IO[bytes]]:
+    """Open a bureau file and parse its ``H`` line; the handle is left after it."""
     where = str(path)
     fh = path.open("rb")
     first = fh.readline()
@@ -290,6 +286,19 @@ def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
     except (UnicodeDecodeError, VerificationError):
         fh.close()
         raise VerificationError(f"{where} [header]", "not a CARDPREP-PERSO file") from None
+    return header, fh
+
+
+def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
+    """Open a bureau file: (header, iterator of cards).
+
+    The iterator checks sequence numbers and, at the end, the trailer's count
+    and hash; any failure raises :class:`VerificationError` naming the file
+    and the check.  Every field of every record is decoded (DGI list, base64
+    card data): this is the full structural check ``cardprep verify`` runs.
+    """
+    where = str(path)
+    header, fh = _open_bureau_file(path)
 
     def cards() -> Iterator[BureauCard]:
         digest = hashlib.sha256()
@@ -310,6 +319,51 @@ def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
         raise VerificationError(f"{where} [trailer]", "missing: the file is incomplete")
 
     return header, cards()
+
+
+def count_bureau_records(path: Path) -> tuple[BureauHeader, int]:
+    """The header of a bureau file and its number of ``D`` records, checked as counting needs.
+
+    For reconcile (DESIGN.md step 6), which has just matched the file's size
+    and SHA-256 against the MACed manifest and needs the record count: it
+    checks what the count rests on, with the errors of
+    :func:`read_bureau_file` -- the header, every line ending in LF
+    (``[truncated]``), every record a ``D`` record of 8 fields numbered
+    1, 2, ... (``[record N]``), the trailer present and last (``[trailer]``),
+    its count equal to the records and the header (``[count]``) and its
+    SHA-256 over the records (``[hash]``).  It does not decode the other
+    fields of a record (input line, DGI list, base64 card data): a file the
+    manifest vouches for was written by :class:`BureauFileWriter`, and that
+    full structural check, with the part rows and the sealed cards, is
+    ``cardprep verify``'s (:mod:`pipeline.steps.verify`, through
+    :func:`read_bureau_file`).  Decoding them cost reconcile ~10 us per card
+    (issue 7), to count.
+
+    A record whose sequence number is not written as :class:`BureauCard`
+    writes it (e.g. ``007``) is handed to the full record parser, so such a
+    file gets the very answer :func:`read_bureau_file` gives.
+    """
+    where = str(path)
+    header, fh = _open_bureau_file(path)
+    digest = hashlib.sha256()
+    update = digest.update
+    seq = 0
+    with fh:
+        for raw in fh:
+            if not raw.endswith(b"\n"):
+                raise VerificationError(f"{where} [truncated]", "last line has no LF")
+            if raw.startswith(b"T|"):
+                text = raw[:-1].decode("ascii", errors="replace")
+                _check_trailer(text, seq, digest.hexdigest(), header, where)
+                if fh.read(1):
+                    raise VerificationError(f"{where} [trailer]", "data after the trailer")
+                return header, seq
+            update(raw)
+            seq += 1
+            # "D|<seq>|" as the writer writes it, and 8 fields (7 separators)
+            if not raw.startswith(b"D|%d|" % seq) or raw.count(b"|") != 7:
+                _parse_card(raw[:-1].decode("ascii", errors="replace"), seq, where)
+    raise VerificationError(f"{where} [trailer]", "missing: the file is incomplete")
 
 
 def _check_trailer(text: str, seq: int, digest: str, header: BureauHeader, where: str) -> None:
