@@ -27,6 +27,7 @@ from pipeline.crypto import sm2
 from pipeline.keys.demo import init_demo_store
 from pipeline.prep import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles import load_product
+from pipeline.records.luhn import luhn_check_digit
 from pipeline.records.validate import CardRecord
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +36,7 @@ CONFIG = ROOT / "config"
 
 def luhn_pan(body: str) -> str:
     """``body`` followed by its Luhn check digit (ISO/IEC 7812-1 Annex B)."""
-    total = 0
-    for i, char in enumerate(reversed(body)):
-        digit = int(char) * (2 if i % 2 == 0 else 1)
-        total += digit - 9 if digit > 9 else digit
-    return body + str(-total % 10)
+    return body + luhn_check_digit(body)
 
 
 def records(count: int) -> list[CardRecord]:

@@ -38,6 +38,7 @@ from pipeline.keys.demo import init_demo_store
 from pipeline.keys.pool import KeyPool, PoolSpec, fill
 from pipeline.keys.settings import Settings, parse_settings
 from pipeline.keys.soft import SoftKeyStore
+from pipeline.records.luhn import luhn_check_digit
 from pipeline.records.validate import CardRecord
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,11 +62,7 @@ BAD_FIELDS: dict[int, dict[str, str]] = {
 
 def luhn_pan(body: str) -> str:
     """``body`` followed by its Luhn check digit (ISO/IEC 7812-1 Annex B)."""
-    total = 0
-    for i, char in enumerate(reversed(body)):
-        digit = int(char) * (2 if i % 2 == 0 else 1)
-        total += digit - 9 if digit > 9 else digit
-    return body + str(-total % 10)
+    return body + luhn_check_digit(body)
 
 
 def _format0(pin: str, pan: str) -> bytes:

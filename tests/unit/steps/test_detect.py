@@ -11,19 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.keys.settings import Settings, parse_settings
+from pipeline.keys.settings import Settings
 from pipeline.steps.detect import detect
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return parse_settings({
-        "environment": "demo",
-        "storage": {"root": str(tmp_path / "store"), "inbound": str(tmp_path / "inbound")},
-        "config_dir": str(REPO / "config"),
-    })  # fmt: skip
 
 
 def test_a_symbolic_link_in_the_inbound_folder_is_not_offered(

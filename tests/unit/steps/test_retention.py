@@ -22,7 +22,7 @@ from pipeline.io.manifest import seal_manifest
 from pipeline.io.paths import BatchPaths, batch_id_for
 from pipeline.keys import KeyRef
 from pipeline.keys.demo import init_demo_store
-from pipeline.keys.settings import Settings, parse_settings
+from pipeline.keys.settings import Settings
 from pipeline.keys.soft import SoftKeyStore
 from pipeline.steps import retention
 from pipeline.steps.retention import (
@@ -44,15 +44,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SoftKeyStore:
         path, REPO / "config/demo/keys.yaml",
         passphrase_file=REPO / "config/demo/hmk-passphrase.txt", with_pki=False,
     )  # fmt: skip
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return parse_settings({
-        "environment": "demo",
-        "storage": {"root": str(tmp_path / "store"), "inbound": str(tmp_path / "inbound")},
-        "config_dir": str(REPO / "config"),
-    })  # fmt: skip
 
 
 def _sealed(manifest: dict[str, Any], store: SoftKeyStore) -> str:
