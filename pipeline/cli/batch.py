@@ -70,14 +70,19 @@ def register(subparsers: Any) -> None:
         "run",
         help="prepare one issuer file: parse, prepare, publish, reconcile",
         description="Turn an issuer file into a published batch (Parquet parts, bureau "
-        "personalization file, rejects, MACed manifest, report). A published batch is "
-        "refused unless --force.",
+        "personalization file, rejects, MACed manifest, report). A published batch, or "
+        "a re-sent delivery (same header issuer id, file date and file_seq as another "
+        "batch, docs/INPUT.md), is refused unless --force.",
     )
     p.add_argument("--issuer", required=True, help="issuer id (config/issuers/<id>.yaml)")
     p.add_argument("--file", required=True, type=Path, help="the issuer's input file")
     p.add_argument("--shard-size", type=_positive, default=None, help="valid records per shard")
     p.add_argument("--workers", type=_positive, default=None, help="processes (default: cores)")
-    p.add_argument("--force", action="store_true", help="prepare a published batch again")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="prepare a published batch or a re-sent delivery again (audited)",
+    )
     p.add_argument("--dry-run", action="store_true", help="verify and validate only")
     p.add_argument("--batch-date", type=_date, default=None, metavar="YYYY-MM-DD")
     _settings_arg(p)

@@ -33,13 +33,34 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--issuer", required=True, help="issuer id (config/issuers/<id>.yaml)")
     p.add_argument("--cards", required=True, type=int, help="number of detail records")
-    p.add_argument("--errors", type=float, default=0.0, metavar="RATE",
-                   help="fraction of records with an injected error (0..1)")
+    p.add_argument(
+        "--errors",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="fraction of records with an injected error (0..1)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (reproducible file)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output file (default: the issuer's inbound directory)")
-    p.add_argument("--batch-date", type=_date, default=None, metavar="YYYY-MM-DD",
-                   help="batch date written to the header (default: today)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output file (default: the issuer's inbound directory)",
+    )
+    p.add_argument(
+        "--batch-date",
+        type=_date,
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="batch date written to the header (default: today)",
+    )
+    p.add_argument(
+        "--file-seq",
+        default=None,
+        metavar="DIGITS",
+        help="the header's file sequence number (default: derived from the "
+        "arguments, so two samples are two deliveries; docs/INPUT.md)",
+    )
     p.add_argument("--config-dir", type=Path, default=Path("config"))
     p.set_defaults(func=run)
 
@@ -56,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_date=args.batch_date,
         config_dir=args.config_dir,
+        file_seq=args.file_seq,
     )
-    print(f"wrote {s.path} ({s.records} records, layout {s.layout}, "
-          f"batch date {s.batch_date.isoformat()}, seed {s.seed})")
+    print(
+        f"wrote {s.path} ({s.records} records, layout {s.layout}, "
+        f"batch date {s.batch_date.isoformat()}, seed {s.seed})"
+    )
     print(f"expected rejects: {s.expected_path}")
     print("valid records per product:")
     for product, count in s.per_product.items():

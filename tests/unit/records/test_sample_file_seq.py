@@ -115,3 +115,18 @@ def test_a_layout_without_file_seq_gets_none(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="has no header field 'file_seq'"):
         write_sample("demo-csv", 3, tmp_path / "y.csv", seed=1, batch_date=BATCH,
                      config_dir=config, file_seq="5")  # fmt: skip
+
+
+def test_cli_file_seq(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``cardprep sample --file-seq`` writes the operator's number into the header."""
+    from pipeline.cli.main import main  # noqa: PLC0415
+
+    out = tmp_path / "seq.dat"
+    rc = main(["sample", "--issuer", "demo", "--cards", "3", "--seed", "1", "--file-seq", "42",
+               "--out", str(out), "--batch-date", "2025-01-15",
+               "--config-dir", str(CONFIG)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert _header(out, "demo")["file_seq"] == "000042"
+    assert main(["sample", "--issuer", "demo", "--cards", "3", "--file-seq", "12A",
+                 "--out", str(tmp_path / "bad.dat"), "--config-dir", str(CONFIG)]) == 2  # fmt: skip
+    assert "file_seq" in capsys.readouterr().err
