@@ -42,7 +42,8 @@ echo "airflow: metadata DB ready in $(elapsed "$t0" "$t1") s (airflow db migrate
 sample="$(python - "$CARDS" <<'PY'
 import sys
 from datetime import UTC, datetime
-from pipeline.keys.demo import init_demo_store
+from pipeline.keys import open_store
+from pipeline.keys.demo import check_demo_store, init_demo_store
 from pipeline.keys.settings import load_settings
 from pipeline.records.issuers import load_issuer
 from pipeline.records.sample import write_sample
@@ -57,6 +58,13 @@ if not ks.path.exists():
     ks.path.parent.mkdir(parents=True, exist_ok=True)
     init_demo_store(ks.path, passphrase_file=ks.passphrase_file, audit_path=ks.audit_path).close()
 bs = batch_settings(settings)
+store = open_store(settings)
+try:  # a store from an earlier keys.yaml would reject every card of the sample (R071)
+    check_demo_store(store, bs.config_dir / "demo" / "keys.yaml")
+except Exception as exc:
+    sys.exit(f"run_demo.sh: {exc}")
+finally:
+    store.close()
 issuer = load_issuer("demo", bs.config_dir)
 inbound = bs.inbound(issuer.id, issuer.inbound)
 stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")

@@ -320,13 +320,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _demo_store(settings: Settings, config_dir: Path) -> KeyStore:
     """The demo store; created from ``<config_dir>/demo/keys.yaml`` (TEST keys) when absent."""
     from pipeline.keys import open_store  # noqa: PLC0415
-    from pipeline.keys.demo import init_demo_store  # noqa: PLC0415
+    from pipeline.keys.demo import check_demo_store, init_demo_store  # noqa: PLC0415
 
     ks = settings.key_store
     if settings.is_production:
         raise ConfigError("environment", "cardprep demo runs only in the demo environment")
     if ks.path.exists():
-        return open_store(settings)
+        store = open_store(settings)
+        try:
+            check_demo_store(store, config_dir / "demo" / "keys.yaml")
+        except BaseException:
+            store.close()
+            raise
+        return store
     if ks.passphrase_file is None:
         raise ConfigError("key_store.hmk.passphrase_file", "the demo store needs a passphrase file")
     print(f"initialising the demo key store (TEST keys only) at {ks.path}")

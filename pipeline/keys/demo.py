@@ -31,9 +31,10 @@ import yaml
 
 from pipeline.crypto import sm2
 from pipeline.crypto.demo_pki import DEMO_CA_INDEX, DEMO_RID, generate_demo_pki
+from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.pboc_certs import build_pboc_issuer_certificate
 from pipeline.crypto.rsa import private_key_to_der
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, KeyStoreError
 from pipeline.keys.model import (
     Exportability,
     IssuerCertificateRecord,
@@ -42,11 +43,13 @@ from pipeline.keys.model import (
     KeyUsage,
 )
 from pipeline.keys.soft import SoftKeyStore, _utc_now
+from pipeline.keys.store import KeyStore
 
 __all__ = [
     "DEFAULT_KEYS_YAML",
     "DEFAULT_PASSPHRASE_FILE",
     "DemoKey",
+    "check_demo_store",
     "init_demo_store",
     "load_demo_keys",
 ]
@@ -150,6 +153,38 @@ def init_demo_store(
         store.close()
         raise
     return store
+
+
+def check_demo_store(store: KeyStore, keys_yaml: Path = DEFAULT_KEYS_YAML) -> None:
+    """TEST ONLY: refuse a demo store built from other TEST keys than ``keys_yaml`` (ConfigError).
+
+    The demo reuses the store it finds; the sample file it writes encrypts
+    the cards' secret fields under ``keys_yaml``'s KEK.  A store made from an
+    earlier ``keys.yaml`` would reject every card as undecryptable (R071), so
+    each entry's KCV (not a secret: manifests carry them) is compared with the
+    store's record of that label first.
+
+    Example:
+        >>> check_demo_store(store)  # doctest: +SKIP
+    """
+    stale: list[str] = []
+    for key in load_demo_keys(keys_yaml):
+        try:
+            record = store.get(store.active(key.label))
+        except KeyStoreError:
+            stale.append(f"{key.label} missing")
+            continue
+        expected = compute_kcv(key.value, record.kcv_method, len(record.kcv))
+        if expected != record.kcv:
+            stale.append(f"{key.label} KCV {record.kcv.hex().upper()}, "
+                         f"{Path(keys_yaml).name} gives {expected.hex().upper()}")  # fmt: skip
+    if stale:
+        raise ConfigError(
+            "key_store",
+            f"the demo store was built from other TEST keys than {keys_yaml} ("
+            + "; ".join(stale)
+            + "): move the store and its audit trail away so the demo builds a new one",
+        )
 
 
 def _add_emv_pki(store: SoftKeyStore, actor: str, ca_bits: int, issuer_bits: int) -> None:

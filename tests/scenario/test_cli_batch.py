@@ -129,6 +129,39 @@ def test_demo_reads_its_test_keys_from_the_configured_config_dir(
     assert "verify: OK, 3 cards" in out
 
 
+def test_demo_refuses_a_store_built_from_other_test_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store left from an earlier keys.yaml: one clear error, not 3 cards rejected as R071."""
+    from pipeline.keys.demo import init_demo_store  # noqa: PLC0415
+
+    config = Path(__file__).resolve().parents[2] / "config"
+    raw = yaml.safe_load((config / "demo" / "keys.yaml").read_text())
+    next(k for k in raw["keys"] if k["label"] == "demo-kek")["value"] = "0F" * 16
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(raw))
+    init_demo_store(
+        tmp_path / "keys" / "keys.db", tmp_path / "older.yaml",
+        passphrase_file=config / "demo" / "hmk-passphrase.txt",
+        audit_path=tmp_path / "keys" / "audit.jsonl", with_pki=False,
+    ).close()  # fmt: skip
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({
+        "environment": "demo",
+        "config_dir": str(config),
+        "key_store": {"backend": "soft", "path": str(tmp_path / "keys" / "keys.db"),
+                      "audit_path": str(tmp_path / "keys" / "audit.jsonl"),
+                      "hmk": {"source": "passphrase_file",
+                              "passphrase_file": str(config / "demo" / "hmk-passphrase.txt")}},
+        "storage": {"root": str(tmp_path / "var"), "inbound": str(tmp_path / "inbound")},
+    }))  # fmt: skip
+    rc = main(["demo", "--cards", "3", "--errors", "0", "--seed", "5", "--workers", "1",
+               "--settings", str(settings)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "built from other TEST keys" in err and "demo-kek KCV" in err
+    assert not (tmp_path / "inbound").exists() or not any((tmp_path / "inbound").rglob("*.dat"))
+
+
 def test_a_one_card_file_leaves_no_pan_digits_in_the_parse_result_or_manifest(
     env: BatchEnv, tmp_path: Path
 ) -> None:
