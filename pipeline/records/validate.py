@@ -301,8 +301,12 @@ class Validator:
                                 product=product, pan=pan)
         expiry = f["expiry"]
         # _yymm_ok(expiry), inline (a call per record costs more than the test)
-        if not (len(expiry) == 4 and expiry.isascii() and expiry.isdigit()
-                and "01" <= expiry[2:] <= "12"):
+        if not (
+            len(expiry) == 4
+            and expiry.isascii()
+            and expiry.isdigit()
+            and "01" <= expiry[2:] <= "12"
+        ):
             return self._reject(raw, RejectReason.EXPIRY_FORMAT, "expiry",
                                 "not a YYMM date with month 01..12", product=product, pan=pan)
         if expiry < self._batch_yymm:
@@ -316,8 +320,12 @@ class Validator:
                                 product=product, pan=pan)
         service_code = f["service_code"]
         # service_code_valid(service_code), inline
-        if not (len(service_code) == 3 and service_code[0] in _SC_FIRST
-                and service_code[1] in _SC_SECOND and service_code[2] in _SC_THIRD):
+        if not (
+            len(service_code) == 3
+            and service_code[0] in _SC_FIRST
+            and service_code[1] in _SC_SECOND
+            and service_code[2] in _SC_THIRD
+        ):
             return self._reject(raw, RejectReason.SERVICE_CODE, "service_code",
                                 f"{service_code[:3]!r} is not a valid ISO/IEC 7813 service code",
                                 product=product, pan=pan)
