@@ -31,4 +31,9 @@ if ! command -v cc >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null
 fi
-.venv/bin/python -m pipeline.crypto._sm2_native_build >/dev/null
+if ! .venv/bin/python -m pipeline.crypto._sm2_native_build >/dev/null; then
+    # the demo still runs (the same results from Python, slower); the test suite
+    # fails on purpose (tests/unit/crypto/test_sm2_native.py)
+    echo "setup: the native SM2 extension did not build (a C compiler and the Python" \
+         "headers are needed); SM2 runs in Python" >&2
+fi

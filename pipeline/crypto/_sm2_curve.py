@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from functools import cache
 from typing import Any
 
@@ -72,15 +73,36 @@ from gmpy2 import invert, mpz
 
 from pipeline.errors import CryptoError, InvalidInputError
 
+#: The ``sm2n_abi_version()`` this module's calls are written for (native/sm2_curve.c).
+NATIVE_ABI_VERSION = 2
+
 
 def _load_native() -> Any:
-    """The compiled extension (``tests/setup.sh`` builds it), or None: Python then."""
+    """The compiled extension (``tests/setup.sh`` builds it), or None: Python then.
+
+    A module compiled from another version of the C source (a tree updated
+    without re-running the set-up) is not used: its functions may take other
+    buffers than the calls below pass.
+    """
     if os.environ.get("CARDPREP_SM2_NATIVE", "1") == "0":
         return None
     try:
-        return importlib.import_module("pipeline.crypto._sm2_native")
+        module = importlib.import_module("pipeline.crypto._sm2_native")
     except ImportError:
         return None
+    try:
+        version = module.lib.sm2n_abi_version()
+    except AttributeError:  # compiled before the version function existed
+        version = 1
+    if version != NATIVE_ABI_VERSION:
+        warnings.warn(
+            f"pipeline.crypto._sm2_native is ABI version {version}, this code needs "
+            f"{NATIVE_ABI_VERSION}: SM2 runs in Python; run tests/setup.sh to rebuild it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return module
 
 
 _native: Any = _load_native()

@@ -21,7 +21,11 @@ from cffi import FFI  # type: ignore[import-untyped]
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "native" / "sm2_curve.c"
 
+#: What ``sm2n_abi_version()`` of the C source returns; the loader checks it.
+ABI_VERSION = 2
+
 CDEF = """
+int sm2n_abi_version(void);
 typedef struct sm2n_table sm2n_table;
 sm2n_table *sm2n_table_new(const unsigned char xy[64], int width);
 void sm2n_table_free(sm2n_table *t);

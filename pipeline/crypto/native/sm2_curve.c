@@ -48,6 +48,12 @@ typedef struct { uint64_t v[4]; } fe;
 typedef struct { fe x, y; } affine;
 typedef struct { fe X, Y, Z; } jacobian;
 
+/* Bumped whenever a signature or an output layout below changes: the Python loader refuses a
+   compiled module of another version (a tree updated without re-running tests/setup.sh). */
+#define SM2N_ABI_VERSION 2
+
+int sm2n_abi_version(void) { return SM2N_ABI_VERSION; }
+
 struct sm2n_table {
     int width;
     int rows;

@@ -37,9 +37,24 @@ pytestmark = pytest.mark.skipif(
 
 def test_the_extension_is_built() -> None:
     assert curve.native_available(), (
-        "pipeline.crypto._sm2_native is not importable: run `bash tests/setup.sh` "
-        "(it compiles pipeline/crypto/native/sm2_curve.c)"
+        "pipeline.crypto._sm2_native is not importable or of another ABI version: run "
+        "`bash tests/setup.sh` (it compiles pipeline/crypto/native/sm2_curve.c)"
     )
+
+
+def test_the_c_source_the_build_script_and_the_loader_agree_on_the_abi_version() -> None:
+    from pipeline.crypto import _sm2_native_build  # noqa: PLC0415
+
+    source = (ROOT / "pipeline/crypto/native/sm2_curve.c").read_text()
+    assert f"#define SM2N_ABI_VERSION {curve.NATIVE_ABI_VERSION}\n" in source
+    assert _sm2_native_build.ABI_VERSION == curve.NATIVE_ABI_VERSION
+    assert curve._native.lib.sm2n_abi_version() == curve.NATIVE_ABI_VERSION
+
+
+def test_a_module_of_another_abi_version_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(curve, "NATIVE_ABI_VERSION", curve.NATIVE_ABI_VERSION + 1)
+    with pytest.warns(RuntimeWarning, match="ABI version"):
+        assert curve._load_native() is None
 
 
 def _edge_scalars() -> list[int]:
