@@ -106,11 +106,8 @@ def test_inspect_of_a_manifest_without_its_members_is_an_error_not_a_traceback(
     assert "Traceback" not in err
 
 
-def test_demo_reads_its_test_keys_from_the_configured_config_dir(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Settings with an absolute ``config_dir``, run from a directory without ``config/``."""
-    config = Path(__file__).resolve().parents[2] / "config"
+def _demo_settings(tmp_path: Path, config: Path) -> Path:
+    """Demo settings with ``config`` and a soft store and storage under ``tmp_path``."""
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump({
         "environment": "demo",
@@ -121,6 +118,15 @@ def test_demo_reads_its_test_keys_from_the_configured_config_dir(
                               "passphrase_file": str(config / "demo" / "hmk-passphrase.txt")}},
         "storage": {"root": str(tmp_path / "var"), "inbound": str(tmp_path / "inbound")},
     }))  # fmt: skip
+    return settings
+
+
+def test_demo_reads_its_test_keys_from_the_configured_config_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings with an absolute ``config_dir``, run from a directory without ``config/``."""
+    config = Path(__file__).resolve().parents[2] / "config"
+    settings = _demo_settings(tmp_path, config)
     monkeypatch.chdir(tmp_path)
     rc = main(["demo", "--cards", "3", "--errors", "0", "--seed", "5", "--workers", "1",
                "--settings", str(settings)])  # fmt: skip
@@ -144,16 +150,7 @@ def test_demo_refuses_a_store_built_from_other_test_keys(
         passphrase_file=config / "demo" / "hmk-passphrase.txt",
         audit_path=tmp_path / "keys" / "audit.jsonl", with_pki=False,
     ).close()  # fmt: skip
-    settings = tmp_path / "settings.yaml"
-    settings.write_text(yaml.safe_dump({
-        "environment": "demo",
-        "config_dir": str(config),
-        "key_store": {"backend": "soft", "path": str(tmp_path / "keys" / "keys.db"),
-                      "audit_path": str(tmp_path / "keys" / "audit.jsonl"),
-                      "hmk": {"source": "passphrase_file",
-                              "passphrase_file": str(config / "demo" / "hmk-passphrase.txt")}},
-        "storage": {"root": str(tmp_path / "var"), "inbound": str(tmp_path / "inbound")},
-    }))  # fmt: skip
+    settings = _demo_settings(tmp_path, config)
     rc = main(["demo", "--cards", "3", "--errors", "0", "--seed", "5", "--workers", "1",
                "--settings", str(settings)])  # fmt: skip
     err = capsys.readouterr().err
