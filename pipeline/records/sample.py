@@ -174,7 +174,9 @@ def _file_seq(
     if requested is None:
         return derived(digits)
     text = str(requested) if isinstance(requested, int) else requested
-    if isinstance(requested, bool) or not text.isdigit() or len(text) > digits:
+    # isascii: str.isdigit() also accepts other scripts' digits ("\u0664\u0662") and
+    # superscripts, which are not the layout's ASCII digits (the writer failed on them)
+    if isinstance(requested, bool) or not (text.isascii() and text.isdigit()) or len(text) > digits:
         raise ConfigError("file_seq", f"must be 1..{digits} digits, got {requested!r}")
     return text.zfill(digits)
 

@@ -78,11 +78,14 @@ def test_an_explicit_file_seq_is_written_zero_padded(
     assert seq == written == _header(path, issuer_id)["file_seq"]
 
 
-@pytest.mark.parametrize("bad", ["1234567", "12A", "", "-1", True])
+# "\u0664\u0662" (Arabic-Indic 42) and "4\u00b2": str.isdigit() is true for them; the
+# fixed-width writer then failed with a UnicodeEncodeError traceback
+@pytest.mark.parametrize("bad", ["1234567", "12A", "", "-1", True, "\u0664\u0662", "4\u00b2"])
 def test_a_file_seq_that_does_not_fit_the_field_is_refused(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigError, match=r"file_seq: must be 1\.\.6 digits"):
         _sample(tmp_path, "demo", "x", file_seq=bad)
     assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x.expected.json").exists()
 
 
 def _config_copy(tmp_path: Path) -> Path:
