@@ -187,7 +187,10 @@ def _earlier_batch(paths: BatchPaths, delivery: Delivery) -> tuple[str, str] | N
     purge), or the index says so (its directory was removed by hand: the
     bureau has its cards all the same).  In progress: its directory exists.
     Neither: the run that claimed the delivery was refused or abandoned and
-    left nothing, so the claim is stale and the delivery is free.
+    left nothing, so the claim is stale.  A forced re-send's claim replaced
+    the entry of the batch it was forced past (kept in ``earlier``): a stale
+    forced claim hands the delivery back to those batches, published or in
+    progress, instead of freeing it (a fourth copy was prepared unforced).
     """
     entry = find_delivery(paths, delivery)
     if entry is None or entry.batch_id == paths.batch_id:
@@ -199,6 +202,13 @@ def _earlier_batch(paths: BatchPaths, delivery: Delivery) -> tuple[str, str] | N
         return entry.batch_id, "in progress"
     log.warning("%s: batch %s claimed it but left nothing (refused or abandoned run); "
                 "the claim is stale", delivery.describe(), entry.batch_id)  # fmt: skip
+    held = [replace(paths, batch_id=b) for b in entry.earlier if b != paths.batch_id]
+    for earlier in held:
+        if earlier.manifest.exists():
+            return earlier.batch_id, "published"
+    for earlier in held:
+        if earlier.base.is_dir():
+            return earlier.batch_id, "in progress"
     return None
 
 

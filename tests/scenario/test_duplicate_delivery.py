@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.errors import InputFileCheckError, PublishError
+from pipeline.errors import InputFileCheckError, KeyStoreError, PublishError
 from pipeline.io.deliveries import Delivery, find_delivery
 from pipeline.io.paths import BatchPaths, batch_id_for, sha256_file
 from pipeline.keys.settings import Settings
@@ -193,3 +193,30 @@ def test_an_unreadable_delivery_index_refuses_rather_than_letting_files_through(
     with pytest.raises(PublishError, match=r"deliveries/demo\.json \[deliveries\]: not a"):
         run_batch("demo", first.path, settings, workers=1, store=env.store)
     assert not _paths(settings, first.path).base.exists()
+
+
+@pytest.mark.parametrize("how", ["refused", "removed"])
+def test_a_forced_resend_that_left_nothing_does_not_free_the_published_delivery(
+    env: BatchEnv, tmp_path: Path, settings: Settings, how: str
+) -> None:
+    """QA: the forced copy's claim replaced the published batch's in the index; when
+    that copy then left no directory (refused before staging, or abandoned and
+    removed) the claim was stale and a fourth copy was prepared without force."""
+    first = _sample(tmp_path, "first.dat", seed=59)
+    one = run_batch("demo", first.path, settings, workers=1, store=env.store)
+    forced = _crlf(first.path, "forced.dat")
+    if how == "refused":  # e.g. a settings error found after the claim, before staging
+        broken = make_settings(tmp_path, data_key="no-such-key")
+        with pytest.raises(KeyStoreError, match="no-such-key"):
+            run_batch("demo", forced, broken, workers=1, force=True, store=env.store)
+    else:
+        staged = verify_and_parse("demo", forced, settings, BATCH_DATE, force=True,
+                                  store=env.store)  # fmt: skip
+        shutil.rmtree(staged["batch_dir"])
+    assert not _paths(settings, forced).base.exists()
+    third = _reordered(first.path, "third.dat")
+    for dry_run in (True, False):
+        with pytest.raises(InputFileCheckError,
+                           match=f"batch {one['batch_id']} \\(published\\)"):  # fmt: skip
+            run_batch("demo", third, settings, workers=1, dry_run=dry_run, store=env.store)
+    assert not _paths(settings, third).base.exists()
