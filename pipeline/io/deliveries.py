@@ -150,6 +150,8 @@ def _load(paths: BatchPaths) -> dict[str, Any]:
     except OSError as exc:
         raise PublishError(f"{paths.deliveries} [deliveries]",
                            f"unreadable ({exc.strerror})") from None  # fmt: skip
+    except UnicodeDecodeError:
+        text = ""  # not UTF-8, so not an index: refused below (was a bare traceback)
     try:
         doc = json.loads(text)
     except ValueError:
@@ -188,9 +190,21 @@ def find_delivery(paths: BatchPaths, delivery: Delivery) -> DeliveryEntry | None
     """The index entry of ``delivery`` in ``paths.issuer``'s index, or None.
 
     Reads without the lock: the index is replaced atomically, so this sees
-    one whole version (for a decision, hold ``paths.deliveries_lock``).
+    one whole version (for a decision, hold ``paths.deliveries_lock``).  An
+    entry present but damaged (not an object with a batch id) is an error,
+    like an unreadable index: read as absent, it let the delivery through.
     """
-    return _entry(_load(paths).get(delivery.key))
+    deliveries = _load(paths)
+    if delivery.key not in deliveries:
+        return None
+    entry = _entry(deliveries[delivery.key])
+    if entry is None:
+        raise PublishError(
+            f"{paths.deliveries} [deliveries]",
+            f"entry {delivery.key!r} is not a delivery record; repair or remove it (it "
+            "guards against preparing a re-sent delivery twice)",
+        )
+    return entry
 
 
 def record_delivery(
