@@ -261,14 +261,19 @@ def check_delivery(
         if earlier is not None:
             batch, state = earlier
             if not force:
+                advice = (
+                    "Finish that batch first: run its own file again (it resumes). "
+                    if state == "in progress"
+                    else ""
+                )
                 raise InputFileCheckError(
                     str(source),
                     Check.DUPLICATE_DELIVERY.value,
                     f"{delivery.describe()} is issuer {cfg.id}'s delivery already taken in as "
                     f"batch {batch} ({state}); this file has other bytes (batch "
-                    f"{paths.batch_id}) and would make every card again. A new delivery "
-                    "needs the issuer's next file_seq; to prepare this file anyway, re-run "
-                    "with force (audited)",
+                    f"{paths.batch_id}) and would make every card again. {advice}"
+                    "A new delivery needs the issuer's next file_seq; to prepare this file "
+                    "anyway, re-run with force (audited)",
                 )
             log.warning("batch %s: %s was taken in as batch %s (%s); accepted again (force)",
                         paths.batch_id, delivery.describe(), batch, state)  # fmt: skip

@@ -88,6 +88,7 @@ def test_a_resent_delivery_is_refused_before_anything_is_staged(
                  f"batch {published['batch_id']} (published)", f"batch {again_paths.batch_id}",
                  "next file_seq", "force"):  # fmt: skip
         assert part in message
+    assert "Finish that batch first" not in message  # only for a batch still in progress
     assert not again_paths.base.exists(), "a refused delivery left a batch directory"
     entry = find_delivery(again_paths, Delivery("DEMO", "20250115", first.file_seq))
     assert entry is not None and entry.batch_id == published["batch_id"]
@@ -151,8 +152,11 @@ def test_a_delivery_in_progress_is_held_and_a_stale_claim_is_not(
     first = _sample(tmp_path, "first.dat", seed=55)
     staged = verify_and_parse("demo", first.path, settings, BATCH_DATE, store=env.store)
     again = _crlf(first.path, "again.dat")
-    with pytest.raises(InputFileCheckError, match=f"batch {staged['batch_id']} \\(in progress\\)"):
+    with pytest.raises(
+        InputFileCheckError, match=f"batch {staged['batch_id']} \\(in progress\\)"
+    ) as err:
         verify_and_parse("demo", again, settings, BATCH_DATE, store=env.store)
+    assert "Finish that batch first: run its own file again (it resumes)." in str(err.value)
     assert not _paths(settings, again).base.exists()  # the DAG's task leaves nothing either
     # the first run was abandoned and its directory removed: the claim is stale
     shutil.rmtree(staged["batch_dir"])
