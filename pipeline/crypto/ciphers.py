@@ -93,20 +93,30 @@ def _check_key(algorithm: Algorithm, key: bytes) -> None:
         )
 
 
+def _tdes(key: bytes) -> BlockCipherAlgorithm:
+    # X9.52 keying option 2: K1||K2||K1 for a two-key (double-length) key.
+    return TripleDES(key + key[:8] if len(key) == 16 else key)
+
+
+_PRIMITIVES: dict[Algorithm, Callable[[bytes], BlockCipherAlgorithm]] = {
+    Algorithm.TDES: _tdes,
+    Algorithm.AES: algorithms.AES,
+    Algorithm.SM4: algorithms.SM4,
+}
+
+
 def primitive(algorithm: Algorithm, key: bytes) -> BlockCipherAlgorithm:
     """The ``cryptography`` algorithm object for ``key`` (3DES two-key keys expanded).
 
     For modules of this package that need a mode ``BlockCipher`` does not
-    offer (CMAC); the key length is checked.
+    offer (CMAC, one-block KCVs); the key length is checked.  A ``bytes`` key
+    of an allowed length goes straight to the constructor: a card makes up to
+    11 KCVs, each under a new key (issue 7).
     """
-    _check_key(algorithm, key)
-    key = bytes(key)
-    if algorithm is Algorithm.TDES:
-        # X9.52 keying option 2: K1||K2||K1 for a two-key (double-length) key.
-        return TripleDES(key + key[:8] if len(key) == 16 else key)
-    if algorithm is Algorithm.AES:
-        return algorithms.AES(key)
-    return algorithms.SM4(key)
+    if type(key) is not bytes or len(key) not in _KEY_LENGTHS[algorithm]:
+        _check_key(algorithm, key)  # raises unless a bytearray of an allowed length
+        key = bytes(key)
+    return _PRIMITIVES[algorithm](key)
 
 
 def xor(a: bytes, b: bytes) -> bytes:

@@ -24,11 +24,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from enum import StrEnum
 
-from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from pipeline.crypto.ciphers import Algorithm, primitive
 from pipeline.crypto.mac import cmac
@@ -69,42 +67,14 @@ _ECB_KCVS: dict[str, tuple[Algorithm, bytes]] = {
 _ECB = modes.ECB()  # noqa: S305 - a KCV is one ECB block by definition (X9.24-1)
 
 
-_KeyedAlgorithm = Callable[[bytes], BlockCipherAlgorithm]
-
-
-def _tdes(key: bytes) -> BlockCipherAlgorithm:
-    # X9.52 keying option 2, as ciphers.primitive: K1||K2||K1 for a two-key key
-    return TripleDES(key + key[:8] if len(key) == 16 else key)
-
-
-#: The ECB methods for a ``bytes`` key of an allowed length: method -> (the
-#: ``cryptography`` algorithm for the key, allowed key lengths, the block).  The
-#: same algorithm objects and blocks as :data:`_ECB_KCVS` through
-#: :func:`~pipeline.crypto.ciphers.primitive`, without its per-call checks
-#: (type and length are checked here); every other key takes the checked path.
-_FAST_ECB_KCVS: dict[str, tuple[_KeyedAlgorithm, tuple[int, ...], bytes]] = {
-    KcvMethod.TDES: (_tdes, (16, 24), bytes(8)),
-    KcvMethod.AES_GP: (algorithms.AES, (16, 24, 32), b"\x01" * 16),
-    KcvMethod.SM4: (algorithms.SM4, (16,), bytes(16)),
-}
-
-
 def kcv(key: bytes, method: str = "tdes", length: int = 3) -> bytes:
     """Key check value of ``key`` by ``method`` (a :class:`KcvMethod` or its string).
 
     ``length`` is 1..block size bytes.  A key of the wrong length for the
     method raises :class:`~pipeline.errors.KeyLengthError`.  The ECB methods
     take the cheapest path for a key seen once (a fresh card key): one bare
-    encryptor, one block, no reusable cipher object; a ``bytes`` key of an
-    allowed length skips :func:`~pipeline.crypto.ciphers.primitive`'s checks
-    (issue 7: a card makes up to 11 KCVs).
+    encryptor, one block, no reusable cipher object.
     """
-    fast = _FAST_ECB_KCVS.get(method) if type(key) is bytes and type(method) is str else None
-    if fast is not None and len(key) in fast[1]:
-        block = Cipher(fast[0](key), _ECB).encryptor().update(fast[2])
-        if isinstance(length, int) and 1 <= length <= len(block):
-            return block[:length]
-        raise InvalidInputError("length", f"KCV length must be 1..{len(block)}, got {length!r}")
     ecb = _ECB_KCVS.get(method) if isinstance(method, str) else None
     if ecb is not None:
         algorithm, zero = ecb

@@ -69,7 +69,7 @@ def test_kcv_errors() -> None:
         kcv(bytes(24), "sm4")
 
 
-# --- the unchecked fast path for bytes keys (issue 7) must equal the definition ----------
+# --- ECB KCVs of bytes keys (primitive's unchecked path, issue 7) equal the definition --
 
 _ECB_DEFINITIONS = [  # method, cryptography algorithm for a key (independent), lengths, block
     ("tdes", lambda k: TripleDES(k + k[:8] if len(k) == 16 else k), (16, 24), bytes(8)),
