@@ -95,6 +95,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: ``json.dumps(..., sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` with its
+#: encoder built once: ``json.dumps`` builds one per call, and every prepared card's
+#: sealed header goes through :func:`canonical` (issue 7).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical(obj: object) -> bytes:
     """Canonical JSON (sorted keys, compact, UTF-8) used for hashing.
 
@@ -102,7 +108,7 @@ def canonical(obj: object) -> bytes:
         >>> canonical({"b": 1, "a": [1, "x"]})
         b'{"a":[1,"x"],"b":1}'
     """
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL(obj).encode()
 
 
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:

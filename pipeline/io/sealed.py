@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.audit.trail import canonical
 from pipeline.errors import CardprepError, InvalidInputError, VerificationError
 from pipeline.io.atomic import write_bytes_atomic
 from pipeline.keys.model import KeyRef
@@ -38,14 +39,8 @@ MAGIC = b"CPSEAL1\n"
 _LEN = 4
 
 
-#: :func:`pipeline.audit.trail.canonical`'s JSON encoder, built once: ``json.dumps`` builds
-#: an encoder per call, and every prepared card is sealed (issue 7); same bytes
-#: (tests/unit/io/test_sealed_staging.py holds them equal).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-
-
 def _frame(header: Mapping[str, Any]) -> bytes:
-    head = _CANONICAL(dict(header)).encode()
+    head = canonical(dict(header))
     return len(head).to_bytes(_LEN, "big") + head
 
 
