@@ -256,13 +256,14 @@ def _dgi_field(dgis: tuple[tuple[int, bool], ...]) -> str:
         '0101,8000E'
     """
     try:
-        text = _DGI_FIELDS.get(dgis)
+        return _DGI_FIELDS[dgis]
+    except KeyError:
+        cache = len(_DGI_FIELDS) < _DGI_FIELDS_MAX
     except TypeError:  # not hashable (a list): formatted each time
-        return ",".join(f"{i:04X}{'E' if e else ''}" for i, e in dgis)
-    if text is None:
-        text = ",".join(f"{i:04X}{'E' if e else ''}" for i, e in dgis)
-        if len(_DGI_FIELDS) < _DGI_FIELDS_MAX:
-            _DGI_FIELDS[dgis] = text
+        cache = False
+    text = ",".join(f"{i:04X}{'E' if e else ''}" for i, e in dgis)
+    if cache:
+        _DGI_FIELDS[dgis] = text
     return text
 
 
