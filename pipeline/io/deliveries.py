@@ -75,7 +75,7 @@ class Delivery:
     @property
     def key(self) -> str:
         """Index key: issuer id/file date/sequence, leading zeros dropped (CSV may drop them)."""
-        seq = self.file_seq.lstrip("0") or "0" if self.file_seq.isdigit() else self.file_seq
+        seq = (self.file_seq.lstrip("0") or "0") if self.file_seq.isdigit() else self.file_seq
         return f"{self.issuer_id}/{self.file_date}/{seq}"
 
     def describe(self) -> str:

@@ -770,10 +770,15 @@ class SoftKeyStore:
 
     _ROW_SELECT = ", ".join((*ROW_FIELDS, "row_mac"))
 
-    def _checked_row(self, values: Sequence[Any]) -> dict[str, Any]:
+    def _mac_checked_row(self, values: Sequence[Any]) -> dict[str, Any]:
         """A selected ``_ROW_SELECT`` row as a mapping, after its row MAC verifies."""
         row = dict(zip((*ROW_FIELDS, "row_mac"), values, strict=True))
         check_row_mac(self._row_key, row, row["row_mac"])
+        return row
+
+    def _checked_row(self, values: Sequence[Any]) -> dict[str, Any]:
+        """:meth:`_mac_checked_row`, and the row is the one the inventory records."""
+        row = self._mac_checked_row(values)
         if not self._writing:
             key = (row["label"], row["version"])
             if self._inventory.get(key) != row["row_mac"]:  # an old copy, or not inventoried
@@ -1111,21 +1116,17 @@ class SoftKeyStore:
         return derived
 
     def _wrap_output(self, tk: _Loaded, data: bytes) -> bytes:
-        cipher = self._cipher(tk)  # its block size is the TK algorithm's (_symmetric)
-        bs = cipher.block_size
-        if len(data) % bs:
-            data = pad_iso9797_m2(data, bs)
-        return cipher.ecb_encryptor()(data)  # whole blocks by now
+        """``data`` under ``tk`` (ECB; ISO/IEC 9797-1 method 2 padding when not whole blocks)."""
+        return self._output_wrapper(tk)(data)
 
     def _output_wrapper(self, tk: _Loaded) -> Callable[[bytes], bytes]:
         """:meth:`_wrap_output` bound to ``tk``'s cipher, for a plan reused card after card.
 
         The same cipher object :meth:`_cipher` caches on the entry (a plan is
-        rebuilt whenever the TK entry or its record changes), the same
-        padding rule; a whole-block value (every card key) goes straight to
-        the reused ECB encryptor.
+        rebuilt whenever the TK entry or its record changes); a whole-block
+        value (every card key) goes straight to the reused ECB encryptor.
         """
-        cipher = self._cipher(tk)
+        cipher = self._cipher(tk)  # its block size is the TK algorithm's (_symmetric)
         bs = cipher.block_size
         encrypt = cipher.ecb_encryptor()
 
@@ -2079,11 +2080,8 @@ class SoftKeyStore:
                 raise KeyStoreError(
                     "keys", f"a row is unreadable ({type(exc).__name__}): edited outside the store?"
                 ) from None
-            checked = []
-            for values in rows:  # row MACs first: an edited row is named as such
-                row = dict(zip((*ROW_FIELDS, "row_mac"), values, strict=True))
-                check_row_mac(self._row_key, row, row["row_mac"])
-                checked.append(row)
+            # row MACs first: an edited row is named as such
+            checked = [self._mac_checked_row(values) for values in rows]
             self._verify_now()  # then the whole inventory: no row added, removed or restored
         return [self._record_from_row(row) for row in checked]
 
