@@ -70,7 +70,7 @@ from pipeline.prep.certs import (
     verify_emv_icc_certificate,
     verify_pboc_icc_certificate,
 )
-from pipeline.prep.static_data import static_data_to_authenticate
+from pipeline.prep.static_data import OdaPlan, oda_plan, static_data_to_authenticate
 from pipeline.profiles.model import (
     IccKeyAlgorithm,
     IccKeySource,
@@ -470,6 +470,8 @@ class CardPreparer:
             )
             for index, t in enumerate(profile.records)
         )
+        #: which built records make the static data, in AFL order (None: the per-card rule)
+        self._oda = self._oda_plan()
 
     # --- construction checks ------------------------------------------------------
 
@@ -501,6 +503,20 @@ class CardPreparer:
             raise ConfigError(f"{profile.source}: records", "the ICC key needs tag 9F48")
         if pki.remainder and b"\x92" not in self._tags():
             raise ConfigError(f"{profile.source}: records", "the issuer key needs tag 92")
+
+    def _oda_plan(self) -> OdaPlan | None:
+        """The product's :class:`OdaPlan` over its records without 9F46/9F48, or None.
+
+        None when the AFL, the SDA Tag List or the AIP is one the 10.3 rule
+        refuses: each card then takes :func:`static_data_to_authenticate` and
+        is rejected with that rule's reason, as before there was a plan.
+        """
+        profile = self.profile
+        own = [key for _, _, key, has_cert, _ in self._templates if not has_cert]
+        try:
+            return oda_plan(profile.afl, own, profile.sda_tag_list, profile.aip)
+        except CardprepError:
+            return None
 
     def _tags(self) -> set[bytes]:
         return {tag for rec in self.profile.records for tag in rec.tags}
@@ -717,7 +733,12 @@ class CardPreparer:
                 built[key], dgis[index] = known
             elif not has_cert:
                 built[key] = _fill_record(template, parts, values)
-        static = static_data_to_authenticate(profile.afl, built, profile.sda_tag_list, profile.aip)
+        oda = self._oda
+        static = (
+            oda.static_data(built)
+            if oda is not None
+            else static_data_to_authenticate(profile.afl, built, profile.sda_tag_list, profile.aip)
+        )
         values |= self._icc_certificate(record, icc_public, icc_exponent, static)
         for _, template, key, has_cert, parts in plan:
             if has_cert:

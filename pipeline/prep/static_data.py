@@ -50,7 +50,9 @@ __all__ = [
     "AIP_TAG",
     "RECORD_TEMPLATE_TAG",
     "AflEntry",
+    "OdaPlan",
     "build_afl",
+    "oda_plan",
     "oda_record_data",
     "oda_records",
     "parse_afl",
@@ -197,6 +199,71 @@ def oda_records(afl: bytes, records: Mapping[tuple[int, int], bytes]) -> Iterato
                     "afl", f"ODA record {entry.sfi:02X}{number:02X} is not among the card's records"
                 )
             yield OdaRecord(entry.sfi, number, record)
+
+
+@dataclass(frozen=True, slots=True)
+class OdaPlan:
+    """Which of a product's own records make its static data, worked out once (Book 3 10.3).
+
+    ``records`` are the ODA records' ``(sfi, record)`` keys in AFL order, each
+    with whether only the tag-70 template's value counts (SFI 1..10) or the
+    whole record (SFI 11..30); ``suffix`` is the AIP when the SDA Tag List
+    names it.  :meth:`static_data` applies it to records the preparer built
+    itself, each exactly one tag-70 template of at most 254 bytes (a one-byte
+    or ``81 xx`` length), so nothing is parsed per card.  A product whose AFL,
+    records or SDA Tag List the rule would refuse gets no plan
+    (:func:`oda_plan` raises) and its cards take
+    :func:`static_data_to_authenticate`, which reports the fault per card.
+
+    Example:
+        >>> plan = OdaPlan((((2, 1), True), ((11, 1), False)), b"\\x3c\\x00")
+        >>> records = {(2, 1): bytes.fromhex("70035A0112"), (11, 1): bytes.fromhex("7001AA")}
+        >>> plan.static_data(records).hex()
+        '5a01127001aa3c00'
+    """
+
+    records: tuple[tuple[tuple[int, int], bool], ...]
+    suffix: bytes
+
+    def static_data(self, built: Mapping[tuple[int, int], bytes]) -> bytes:
+        """The static data to be authenticated from the product's built records."""
+        parts = []
+        for key, value_only in self.records:
+            record = built[key]
+            if value_only:  # 70 || L || value, L one byte (< 80) or 81 xx
+                record = record[2:] if record[1] < 0x80 else record[3:]
+            parts.append(record)
+        parts.append(self.suffix)
+        return b"".join(parts)
+
+
+def oda_plan(
+    afl: bytes, keys: Iterable[tuple[int, int]], sda_tag_list: bytes | None, aip: bytes
+) -> OdaPlan:
+    """The :class:`OdaPlan` of a product whose records are ``keys`` ((sfi, record) pairs).
+
+    Raises PreparationError where :func:`static_data_to_authenticate` would
+    (a malformed AFL, an ODA record that is not among ``keys``, an SDA Tag
+    List other than ``82``, an AIP that is not 2 bytes).
+
+    Example:
+        >>> oda_plan(bytes.fromhex("10010201"), [(2, 1), (2, 2)], b"\\x82", b"\\x3c\\x00")
+        OdaPlan(records=(((2, 1), True),), suffix=b'<\\x00')
+    """
+    known = set(keys)
+    records = []
+    for entry in _parse_afl_once(bytes(afl)):
+        for number in range(entry.first_record, entry.first_record + entry.oda_records):
+            if (entry.sfi, number) not in known:
+                raise PreparationError(
+                    "afl", f"ODA record {entry.sfi:02X}{number:02X} is not among the card's records"
+                )
+            records.append(((entry.sfi, number), entry.sfi <= emv_certs.LAST_TEMPLATE_SFI))
+    try:
+        suffix = emv_certs.static_data_to_authenticate((), sda_tag_list, aip)
+    except InvalidInputError as exc:
+        raise PreparationError(exc.field, exc.detail) from None
+    return OdaPlan(tuple(records), suffix)
 
 
 def static_data_to_authenticate(

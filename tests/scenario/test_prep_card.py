@@ -24,6 +24,7 @@ every secret and certificate with independent code.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -585,3 +586,20 @@ def test_check_encrypted_finds_bad_fields_without_translating(store: SoftKeyStor
     with pytest.raises(KeyUsageError):
         store.check_encrypted(KEK.encrypt_ecb(CVV), store.active("demo-imk-ac"),
                               check=TranslateCheck.ISO9797_M2)  # fmt: skip
+
+
+@pytest.mark.parametrize("product", ["demo-visa-rsa", "demo-pboc-sm2"])
+def test_static_data_plan_faults_still_reject_per_card(store: SoftKeyStore, product: str) -> None:
+    """A product whose AFL names an ODA record it does not have gets no OdaPlan (built
+    once per preparer): each card takes the 10.3 rule and is rejected by it, naming the AFL."""
+    profile = load_product(product, CONFIG)
+    record = (RSA_CARDS if product == "demo-visa-rsa" else PBOC_CARDS)[1]
+    good = _preparer(store, profile)
+    assert good._oda is not None  # the plan serves the demo products
+    bad_afl = profile.afl + bytes([30 << 3, 1, 1, 1])  # SFI 30 record 1, an ODA record
+    bad = _preparer(store, dataclasses.replace(profile, afl=bad_afl))
+    assert bad._oda is None
+    result = bad.prepare(record)
+    assert isinstance(result, Reject)
+    assert result.field == "afl"
+    assert "ODA record 1E01 is not among the card's records" in result.detail

@@ -23,6 +23,7 @@ from pipeline.errors import PreparationError
 from pipeline.prep.static_data import (
     AflEntry,
     build_afl,
+    oda_plan,
     oda_record_data,
     oda_records,
     parse_afl,
@@ -202,3 +203,20 @@ def test_matches_independent_reimplementation(
     named = [(e.sfi, r) for e in parse_afl(afl) for r in e.records() if e.is_oda(r)]
     assert named == [(sfi, rec) for sfi, rec, oda, _ in rows if oda]
     assert [(r.sfi, r.number) for r in oda_records(afl, records)] == named
+    # the preparer's plan (worked out once per product) gives the same bytes for the
+    # records a preparer builds: one tag-70 template of at most 254 bytes each
+    if all(len(data) <= 254 for data in records.values()):
+        assert oda_plan(afl, records, sda, aip).static_data(records) == expected
+
+
+def test_oda_plan_refuses_what_the_rule_refuses() -> None:
+    """A product the plan cannot serve gets the per-card rule, with the same messages."""
+    afl, records = bytes.fromhex("1001010108010101"), {(2, 1): bytes.fromhex("7001AA")}
+    with pytest.raises(PreparationError, match=r"^afl: ODA record 0101 is not among the card"):
+        oda_plan(afl, records, None, b"")
+    with pytest.raises(PreparationError, match=r"^sda tag list: 9F4A holds 9F36; only tag 82"):
+        oda_plan(afl[:4], records, b"\x9f\x36", b"\x3c\x00")
+    with pytest.raises(PreparationError, match=r"^aip: 82 \(AIP\) must be 2 bytes, got 1"):
+        oda_plan(afl[:4], records, b"\x82", b"\x3c")
+    with pytest.raises(PreparationError, match=r"^afl: length 3"):
+        oda_plan(afl[:3], records, None, b"")
