@@ -33,15 +33,43 @@ from pipeline.io.atomic import write_bytes_atomic
 from pipeline.keys.model import KeyRef
 from pipeline.keys.store import KeyStore
 
-__all__ = ["MAGIC", "open_sealed", "read_sealed", "read_sealed_header", "seal", "write_sealed"]
+__all__ = [
+    "MAGIC",
+    "frame_header",
+    "open_sealed",
+    "read_sealed",
+    "read_sealed_header",
+    "seal",
+    "seal_framed",
+    "write_sealed",
+]
 
 MAGIC = b"CPSEAL1\n"
 _LEN = 4
 
 
 def _frame(header: Mapping[str, Any]) -> bytes:
-    head = canonical(dict(header))
+    return frame_header(canonical(dict(header)))
+
+
+def frame_header(head: bytes) -> bytes:
+    """``n || header`` for a header already in canonical JSON (``n``: 4 bytes big-endian).
+
+    Example:
+        >>> frame_header(b'{"kind":"card"}').hex()[:8]
+        '0000000f'
+    """
     return len(head).to_bytes(_LEN, "big") + head
+
+
+def seal_framed(store: KeyStore, key: KeyRef, kind: str, framed: bytes, payload: bytes) -> bytes:
+    """The sealed bytes for a header already framed (:func:`frame_header`) and ``payload``.
+
+    :func:`seal` frames its header and calls this; a caller sealing many
+    payloads under headers that differ in one field (the card sealer of
+    :mod:`pipeline.io.perso`) frames each header itself.
+    """
+    return MAGIC + framed + store.encrypt_data(key, framed + payload, kind)
 
 
 def _unframe(data: bytes, where: str) -> tuple[dict[str, Any], int]:
@@ -66,8 +94,7 @@ def seal(
 ) -> bytes:
     """Return the sealed-file bytes for ``payload`` (see the module docstring)."""
     full = {**header, "kind": kind, "key": str(key)}
-    framed = _frame(full)
-    return MAGIC + framed + store.encrypt_data(key, framed + payload, kind)
+    return seal_framed(store, key, kind, _frame(full), payload)
 
 
 def read_sealed_header(blob: bytes, where: str = "sealed file") -> dict[str, Any]:

@@ -57,7 +57,7 @@ from pipeline.errors import CardprepError, PreparationError, VerificationError
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.parts import PART_SCHEMA, PartWriter, read_part_metadata
 from pipeline.io.paths import BatchPaths, sha256_file
-from pipeline.io.perso import seal_card
+from pipeline.io.perso import CardSealer
 from pipeline.io.rejects import reject_row, write_reject_table
 from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, table_to_ipc
 from pipeline.io.workers import exit_with_parent
@@ -170,6 +170,8 @@ class ShardWorker:
         if store is None:
             store = spec.handle.open() if spec.handle is not None else open_store(spec.settings)
         self.store: KeyStore = store
+        #: seals each prepared card under the batch's data key (its header cut once per product)
+        self.sealer = CardSealer(store, spec.data_key, spec.batch_id)
         self.preparers: dict[str, CardPreparer] = {}
         self.icc_sources: list[_ShardIccSource] = []
         self.shard: tuple[int, int] | None = None
@@ -211,7 +213,7 @@ class ShardWorker:
 
     def run(self, ipc: bytes) -> tuple[bytes, list[dict[str, Any]]]:
         """Prepare one chunk: (part rows as Arrow IPC, reject rows)."""
-        spec, store = self.spec, self.store
+        spec, seal = self.spec, self.sealer.seal
         columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
         rejects: list[dict[str, Any]] = []
         for record in records_from_ipc(ipc):
@@ -231,16 +233,7 @@ class ShardWorker:
             columns["pan_token"].append(result.pan_token)
             columns["dgi_ids"].append([d.id for d in result.dgis])
             columns["dgi_encrypted"].append([d.encrypted for d in result.dgis])
-            columns["card_data"].append(
-                seal_card(
-                    store,
-                    spec.data_key,
-                    batch_id=spec.batch_id,
-                    line_no=result.line_no,
-                    product=result.product,
-                    dgis=result.dgis,
-                )
-            )
+            columns["card_data"].append(seal(result.line_no, result.product, result.dgis))
             columns["kcvs"].append(_kcvs_json(dict(result.kcvs)))
             columns["icc_pk_sha256"].append(result.icc_public_key_sha256)
         import pyarrow as pa  # noqa: PLC0415 (already loaded by staging)

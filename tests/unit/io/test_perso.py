@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,12 +20,14 @@ from pipeline.io.perso import (
     BureauCard,
     BureauFileWriter,
     BureauHeader,
+    CardSealer,
     decode_card_dgis,
     encode_card_dgis,
     open_card,
     read_bureau_file,
     seal_card,
 )
+from pipeline.keys.model import KeyRef
 from pipeline.records.dgi import Dgi
 
 dgis = st.lists(
@@ -108,3 +111,39 @@ def test_writer_with_a_wrong_count_leaves_no_file(tmp_path: Path) -> None:
             BureauFileWriter(tmp_path / "b.cps", header) as w:
         w.write(BureauCard(1, 2, "p", "m", "t@v1", (), b"x"))
     assert list(tmp_path.iterdir()) == []
+
+
+class _ClearStore:
+    """encrypt_data that only tags its input: makes sealed bytes comparable."""
+
+    def encrypt_data(self, key: object, plaintext: bytes, purpose: str) -> bytes:
+        return purpose.encode() + b"|" + plaintext
+
+
+@pytest.mark.parametrize(
+    ("batch_id", "product", "line_no"),
+    [
+        ("00ab", "demo-visa-rsa", 7),
+        ("00ab" * 16, 'p"\\\u00e9\u4e2d', 1_000_001),  # JSON escapes and non-ASCII
+        ("918273645546372819", "p", 2),  # the batch id holds the mark: seal_card's path
+        ("00ab", "p", True),  # not an int line: seal_card's path
+    ],
+)
+def test_card_sealer_gives_seal_cards_bytes(batch_id: str, product: str, line_no: int) -> None:
+    """The sealer's header cut once per product gives seal_card's bytes exactly."""
+    store: Any = _ClearStore()
+    key = KeyRef("demo-data", 3)
+    dgis = [Dgi(0x9000, b"\x01\x02\x03"), Dgi(0x8000, b"K" * 16, True)]
+    sealer = CardSealer(store, key, batch_id)
+    for _ in range(2):  # the second card of a product takes the remembered cut
+        expected = seal_card(
+            store, key, batch_id=batch_id, line_no=line_no, product=product, dgis=dgis
+        )
+        assert sealer.seal(line_no, product, dgis) == expected
+
+
+def test_card_sealer_output_opens_as_a_sealed_card(store, data_key) -> None:
+    sealer = CardSealer(store, data_key, "00ab")
+    blob = sealer.seal(7, "p", [Dgi(0x9000, b"\x01\x02\x03")])
+    product, back = open_card(store, blob, batch_id="00ab", line_no=7, where="t")
+    assert product == "p" and back[0].value == b"\x01\x02\x03"
