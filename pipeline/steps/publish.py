@@ -53,7 +53,7 @@ from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import MANIFEST_FORMAT, seal_manifest, write_manifest
 from pipeline.io.parts import iter_part_batches, read_part_metadata
 from pipeline.io.paths import BatchPaths, sha256_file
-from pipeline.io.perso import BureauCard, BureauFileWriter, BureauHeader
+from pipeline.io.perso import BureauFileWriter, BureauHeader
 from pipeline.io.rejects import merge_reject_files
 from pipeline.io.report import REPORT_KINDS, build_report, seal_report, write_report
 from pipeline.keys.model import KeyAlgorithm, KeyRecord, KeyRef, KeyRole
@@ -453,24 +453,18 @@ def _write_outputs(  # noqa: PLR0917 (internal)
         tks=tuple((ref, kcvs[ref]) for ref in tk_refs),
     )
     paths.bureau_file.parent.mkdir(parents=True, exist_ok=True)
+    tk_of = {product: p["keys"]["tk"] for product, p in products.items()}
     with BureauFileWriter(paths.bureau_file, header) as writer:
         for r in ordered:
             for cols in iter_part_batches(paths.part(int(r["index"]))):
-                for i in range(len(cols["line_no"])):
-                    product = cols["product"][i]
-                    writer.write(
-                        BureauCard(
-                            seq=writer.count + 1,
-                            line_no=int(cols["line_no"][i]),
-                            product=product,
-                            masked_pan=cols["masked_pan"][i],
-                            tk=products[product]["keys"]["tk"],
-                            dgis=tuple(
-                                zip(cols["dgi_ids"][i], cols["dgi_encrypted"][i], strict=True)
-                            ),
-                            sealed=cols["card_data"][i],
-                        )
+                writer.write_many(
+                    (int(line_no), product, masked, tk_of[product],
+                     tuple(zip(ids, flags, strict=True)), sealed)
+                    for line_no, product, masked, ids, flags, sealed in zip(
+                        cols["line_no"], cols["product"], cols["masked_pan"], cols["dgi_ids"],
+                        cols["dgi_encrypted"], cols["card_data"], strict=True,
                     )
+                )  # fmt: skip
     sources = [paths.parse_rejects] + [paths.part_rejects(int(r["index"])) for r in ordered]
     reason_counts = merge_reject_files(sources, paths.rejects_parquet, paths.rejects_csv)
     rejected = sum(reason_counts.values())

@@ -147,3 +147,24 @@ def test_card_sealer_output_opens_as_a_sealed_card(store, data_key) -> None:
     blob = sealer.seal(7, "p", [Dgi(0x9000, b"\x01\x02\x03")])
     product, back = open_card(store, blob, batch_id="00ab", line_no=7, where="t")
     assert product == "p" and back[0].value == b"\x01\x02\x03"
+
+
+def test_write_many_gives_the_bytes_of_write_per_card(tmp_path: Path) -> None:
+    """publish's batched writer: same records, numbering, trailer count and hash as write()."""
+    header = BureauHeader("00ab", "demo", 5, "2025-01-01T00:00:00Z", "demo-data@v1", "305D45",
+                          (("demo-tk@v1", "D2B91C"),))  # fmt: skip
+    cards = [
+        (i + 2, "p", "476173******0119", "demo-tk@v1", ((0x0101, False), (0x8000, True)),
+         bytes([i]) * (20 + i))
+        for i in range(5)
+    ]  # fmt: skip
+    one, many = tmp_path / "one.cps", tmp_path / "many.cps"
+    with BureauFileWriter(one, header) as w:
+        for seq, card in enumerate(cards, start=1):
+            w.write(BureauCard(seq, *card))
+    with BureauFileWriter(many, header) as w:
+        w.write_many(cards[:2])
+        w.write_many(iter(cards[2:]))  # numbering goes on across calls
+        assert w.count == 5
+    assert many.read_bytes() == one.read_bytes()
+    assert [c.seq for c in read_bureau_file(many)[1]] == [1, 2, 3, 4, 5]
