@@ -96,7 +96,7 @@ from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
 from pipeline.crypto.emv import IccMkDeriver, validate_pan
 from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.kcv import kcv_method_for
-from pipeline.crypto.kdf import hkdf_sha256, hmac_sha256
+from pipeline.crypto.kdf import hkdf_sha256
 from pipeline.crypto.mac import cmac
 from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
 from pipeline.crypto.pin import check_pin_block_iso0, pin_block_iso0_to_iso2
@@ -251,6 +251,7 @@ _EXPORT_VERSION: dict[KeyAlgorithm, str] = {
 _PURPOSE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _OWNER_RE = re.compile(r"^[a-z]+:[A-Za-z0-9._-]{1,64}$")
 _DEFAULT_RSA_EXPONENT = 3  # EMV issuer keys: 3 or 65537 (Book 2 A2.1)
+_SM2_STRENGTH = KeyAlgorithm.SM2.strength_bits()  # of an ICC SM2 key (256-bit curve)
 
 
 def _utc_now() -> datetime:
@@ -285,6 +286,18 @@ def _passphrase_hmk(passphrase_file: Path | None, passphrase: bytes | None, salt
     return hmk_from_passphrase_file(passphrase_file, salt)
 
 
+def _ecb_wrapper(cipher: BlockCipher) -> Callable[[bytes], bytes]:
+    """ECB encryption under ``cipher``'s reused context, ISO/IEC 9797-1 method 2
+    padding only when ``data`` is not whole blocks (so the context never buffers)."""
+    bs = cipher.block_size  # the key algorithm's (_symmetric)
+    encrypt = cipher.ecb_encryptor()
+
+    def wrap(data: bytes) -> bytes:
+        return encrypt(data if not len(data) % bs else pad_iso9797_m2(data, bs))
+
+    return wrap
+
+
 def _check_purpose(purpose: str) -> bytes:
     if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
         raise InvalidInputError("purpose", f"expected 1..64 of a-z 0-9 . _ -, got {purpose!r}")
@@ -310,14 +323,22 @@ class _Loaded:
     key: bytes | None = field(default=None, repr=False)
     objects: dict[Any, Any] = field(default_factory=dict, repr=False)
     #: operations ``usage.check`` passed for *this* ``record``; emptied with every
-    #: refresh of the record, so a verdict never outlives the record it was made on
-    permitted: set[Operation] = field(default_factory=set, repr=False)
+    #: refresh of the record, so a verdict never outlives the record it was made on.
+    #: A list: a key is used for one to three operations, and ``in`` finds an
+    #: Operation by identity where a set would hash it (``Enum.__hash__`` is Python)
+    permitted: list[Operation] = field(default_factory=list, repr=False)
+    #: the block cipher and the output wrapper of a block cipher key, built on first use
+    cipher: BlockCipher | None = field(default=None, repr=False)
+    wrapper: Callable[[bytes], bytes] | None = field(default=None, repr=False)
+    #: the derive plan this IMK entry served last (the others stay in ``objects``)
+    plan: _DerivePlan | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class _DerivePlan:
     """What ``derive_and_wrap`` settles once per (IMK record, TK record, method)."""
 
+    method: DerivationMethod
     imk_record: KeyRecord
     tk_record: KeyRecord
     derive: Callable[[str, str | None], bytes] = field(repr=False)
@@ -1079,6 +1100,21 @@ class SoftKeyStore:
         dropped whenever the record is re-read (or the entry evicted), so a
         suspension or rotation takes effect exactly when it did before.
         """
+        try:
+            entry = self._cache.get(ref)
+        except TypeError:  # unhashable: not a KeyRef (_load_entry says so)
+            entry = None
+        if (
+            entry is not None
+            and time.monotonic() - entry.checked_at <= self._cache_ttl
+            and operation in entry.permitted
+            and entry.key is not None
+        ):
+            return entry  # hot path: record fresh, verdict given on it, key unwrapped
+        return self._load_entry(ref, operation)
+
+    def _load_entry(self, ref: KeyRef, operation: Operation) -> _Loaded:
+        """:meth:`_load` off its hot path: check the reference, re-read, check usage, unwrap."""
         if not isinstance(ref, KeyRef):
             raise InvalidInputError("key", f"expected a KeyRef, got {type(ref).__name__}")
         now = time.monotonic()
@@ -1091,19 +1127,20 @@ class SoftKeyStore:
             else:
                 entry.record, entry.checked_at = record, now
                 entry.permitted.clear()
-        if operation not in entry.permitted:  # hot path: one set lookup per call
+        if operation not in entry.permitted:
             check(entry.record, operation)
-            entry.permitted.add(operation)
+            entry.permitted.append(operation)
         if entry.key is None:
             entry.key = self._unwrap_at_rest(entry.record)
         return entry
 
-    def _cipher(self, entry: _Loaded) -> BlockCipher:
-        cipher = entry.objects.get("cipher")
+    @staticmethod
+    def _cipher(entry: _Loaded) -> BlockCipher:
+        """The entry's block cipher (one per cached key: its contexts are reused)."""
+        cipher = entry.cipher
         if cipher is None:
             assert entry.key is not None
-            cipher = BlockCipher(_symmetric(entry.record.algorithm), entry.key)
-            entry.objects["cipher"] = cipher
+            cipher = entry.cipher = BlockCipher(_symmetric(entry.record.algorithm), entry.key)
         return cipher
 
     def _derived(self, entry: _Loaded, kind: str, purpose: bytes) -> bytes:
@@ -1120,20 +1157,16 @@ class SoftKeyStore:
         return self._output_wrapper(tk)(data)
 
     def _output_wrapper(self, tk: _Loaded) -> Callable[[bytes], bytes]:
-        """:meth:`_wrap_output` bound to ``tk``'s cipher, for a plan reused card after card.
+        """:meth:`_wrap_output` bound to ``tk``'s cipher, built once per TK entry.
 
-        The same cipher object :meth:`_cipher` caches on the entry (a plan is
-        rebuilt whenever the TK entry or its record changes); a whole-block
+        Over the cipher :meth:`_cipher` caches on the entry (a re-read record
+        whose state changed gets a new entry, so a new wrapper); a whole-block
         value (every card key) goes straight to the reused ECB encryptor.
         """
-        cipher = self._cipher(tk)  # its block size is the TK algorithm's (_symmetric)
-        bs = cipher.block_size
-        encrypt = cipher.ecb_encryptor()
-
-        def wrap(data: bytes) -> bytes:
-            return encrypt(data if not len(data) % bs else pad_iso9797_m2(data, bs))
-
-        return wrap
+        wrapper = tk.wrapper
+        if wrapper is None:
+            wrapper = tk.wrapper = _ecb_wrapper(self._cipher(tk))
+        return wrapper
 
     # --- audit ----------------------------------------------------------------------------
 
@@ -1821,13 +1854,27 @@ class SoftKeyStore:
         """See :meth:`pipeline.keys.store.KeyStore.derive_and_wrap`."""
         imk_e = self._load(imk, Operation.DERIVE_CARD_KEY)
         tk_e = self._load(tk, Operation.WRAP_OUTPUT)
-        plan = imk_e.objects.get(("plan", method, tk))
-        if plan is None or plan.imk_record is not imk_e.record or plan.tk_record is not tk_e.record:
-            plan = self._derive_plan(imk, imk_e, tk_e, method)
-            imk_e.objects[("plan", method, tk)] = plan
+        plan = imk_e.plan  # the one this IMK served last: no hashing of method and TK
+        if (  # a record is one TK's (another TK, another record)
+            plan is None
+            or plan.method is not method
+            or plan.imk_record is not imk_e.record
+            or plan.tk_record is not tk_e.record
+        ):
+            plan = imk_e.plan = self._plan_for(imk, imk_e, tk_e, method, tk)
         mk = plan.derive(pan, psn)
         name = plan.kcv_method
         return WrappedKey(plan.wrap(mk), compute_kcv(mk, name), name, tk)
+
+    def _plan_for(
+        self, imk: KeyRef, imk_e: _Loaded, tk_e: _Loaded, method: DerivationMethod, tk: KeyRef
+    ) -> _DerivePlan:
+        """The entry's plan for (``method``, ``tk``) on the current records, built if need be."""
+        plan: _DerivePlan | None = imk_e.objects.get(("plan", method, tk))
+        if plan is None or plan.imk_record is not imk_e.record or plan.tk_record is not tk_e.record:
+            plan = self._derive_plan(imk, imk_e, tk_e, method)
+            imk_e.objects[("plan", method, tk)] = plan
+        return plan
 
     def _derive_plan(
         self, imk: KeyRef, imk_e: _Loaded, tk_e: _Loaded, method: DerivationMethod
@@ -1848,6 +1895,7 @@ class SoftKeyStore:
             deriver = IccMkDeriver(imk_e.key, option)
             imk_e.objects[("deriver", option)] = deriver
         return _DerivePlan(
+            method=method,
             imk_record=imk_e.record,
             tk_record=tk_e.record,
             derive=deriver.derive,
@@ -1950,28 +1998,24 @@ class SoftKeyStore:
             parts = tuple(self._wrap_output(tk_e, c) for c in rsa.crt_components(private))
             return IccKeyPair("rsa", private.modulus, private.exponent_bytes, parts, tk)
         if algorithm == "sm2":
-            check_strength(
-                tk_e.record, "icc-sm2", KeyAlgorithm.SM2.strength_bits(), Operation.WRAP_OUTPUT
-            )
+            if tk_e.record.strength_bits < _SM2_STRENGTH:  # raises; skip the call otherwise
+                check_strength(tk_e.record, "icc-sm2", _SM2_STRENGTH, Operation.WRAP_OUTPUT)
             d, public = sm2.generate_keypair()
-            return IccKeyPair("sm2", public, b"", (self._wrap_output(tk_e, d),), tk)
+            return IccKeyPair("sm2", public, b"", (self._output_wrapper(tk_e)(d),), tk)
         raise InvalidInputError("algorithm", f"expected 'rsa' or 'sm2', got {algorithm!r}")
 
     def sign(self, key: KeyRef, data: bytes) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.sign`."""
         entry = self._load(key, Operation.SIGN)
-        signer = entry.objects.get("signer")
-        if signer is None:
+        sign: Callable[[bytes], bytes] | None = entry.objects.get("sign")
+        if sign is None:
             assert entry.key is not None
             if entry.record.algorithm is KeyAlgorithm.RSA:
-                signer = rsa.RsaSigner(rsa.private_key_from_der(entry.key))
+                sign = rsa.RsaSigner(rsa.private_key_from_der(entry.key)).private_op
             else:
-                signer = sm2.Sm2Signer(entry.key)
-            entry.objects["signer"] = signer
-        if isinstance(signer, rsa.RsaSigner):
-            return signer.private_op(data)
-        result: bytes = signer.sign(data)
-        return result
+                sign = sm2.Sm2Signer(entry.key).sign
+            entry.objects["sign"] = sign
+        return sign(data)
 
     def kcv(self, key: KeyRef) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.kcv`."""
@@ -2006,7 +2050,13 @@ class SoftKeyStore:
         """See :meth:`pipeline.keys.store.KeyStore.pan_token`."""
         pan = validate_pan(pan)
         entry = self._load(key, Operation.PAN_TOKEN)
-        return hmac_sha256(self._derived(entry, "pan-token", b"v1"), pan.encode()).hex()[:32]
+        keyed: hmac.HMAC | None = entry.objects.get("pan-token")
+        if keyed is None:  # HMAC-SHA-256 keyed once per entry; each PAN goes to a copy
+            keyed = hmac.new(self._derived(entry, "pan-token", b"v1"), digestmod=hashlib.sha256)
+            entry.objects["pan-token"] = keyed
+        mac = keyed.copy()
+        mac.update(pan.encode())
+        return mac.hexdigest()[:32]
 
     def _aead(self, entry: _Loaded, purpose: bytes) -> AesGcm:
         cache_key = ("aead", purpose)

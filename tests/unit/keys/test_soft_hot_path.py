@@ -1,0 +1,138 @@
+"""The soft store's per-call fast path (issue 7): what it keeps per cached key entry.
+
+``_load`` serves a call from the cached entry without re-checking when the
+record is fresh, the operation's verdict was given on it and the key is
+unwrapped; an IMK entry remembers the derive plan it served last; a PAN-token
+entry keeps its HMAC-SHA-256 keyed once.  Each test fails when one of those
+shortcuts loses its condition: the plan served for another TK or method, the
+keyed HMAC updated in place, the TTL or a suspension ignored, a non-KeyRef
+reaching the dict as a TypeError.  Expected values come from the clear TEST
+keys with ``cryptography`` / :mod:`hmac` directly; no public vector applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+
+from pipeline.crypto.emv import derive_icc_mk
+from pipeline.crypto.kdf import hkdf_sha256
+from pipeline.errors import InvalidInputError, KeyStateError
+from pipeline.keys.model import DerivationMethod, KeyAlgorithm, KeyRef, KeyRole, KeyUsage
+from pipeline.keys.soft import SoftKeyStore
+from tests.unit.keys.storekit import HMK, FakeClock, new_store
+from tests.unit.keys.test_store_soft import IMK, SM4_TK, TK, _import
+
+TK2 = bytes.fromhex("33333333333333334444444444444444")
+TOKEN_KEY = bytes.fromhex("000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F")
+PAN19, PSN = "4761739001010119012", "01"
+
+
+def _tdes_decrypt(key: bytes, data: bytes) -> bytes:
+    return Cipher(TripleDES(key + key[:8]), modes.ECB()).decryptor().update(data)
+
+
+def _token(pan: str) -> str:
+    """The PAN token by its definition: HMAC-SHA-256(HKDF(key, pan-token/v1), PAN), 16 bytes."""
+    key = hkdf_sha256(TOKEN_KEY, b"cardprep/pan-token/v1", 32)
+    return hmac.new(key, pan.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SoftKeyStore:
+    s = new_store(tmp_path, FakeClock())
+    _import(s, "imk", KeyAlgorithm.TDES2, KeyUsage.E0, KeyRole.IMK_AC, IMK)
+    _import(s, "tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, TK, owner="bureau:demo")
+    _import(s, "tk2", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, TK2, owner="bureau:demo")
+    _import(s, "sm4-tk", KeyAlgorithm.SM4, KeyUsage.K0, KeyRole.TK, SM4_TK, owner="bureau:demo")
+    _import(s, "tok", KeyAlgorithm.AES256, KeyUsage.M7, KeyRole.PAN_TOKEN, TOKEN_KEY,
+            owner="bureau:demo")  # fmt: skip
+    return s
+
+
+def test_the_last_plan_is_not_served_for_another_tk(store: SoftKeyStore) -> None:
+    imk = store.active("imk")
+    mk = derive_icc_mk(IMK, PAN19, PSN, "A")
+    for tk, clear in ((store.active("tk"), TK), (store.active("tk2"), TK2)) * 2:
+        wrapped = store.derive_and_wrap(imk, PAN19, PSN, DerivationMethod.OPTION_A, tk)
+        assert wrapped.wrapped_under == tk
+        assert _tdes_decrypt(clear, wrapped.ciphertext) == mk
+
+
+def test_the_last_plan_is_not_served_for_another_method(store: SoftKeyStore) -> None:
+    imk, tk = store.active("imk"), store.active("tk")
+    expected = {
+        DerivationMethod.OPTION_A: derive_icc_mk(IMK, PAN19, PSN, "A"),
+        DerivationMethod.OPTION_B: derive_icc_mk(IMK, PAN19, PSN, "B"),
+    }
+    assert expected[DerivationMethod.OPTION_A] != expected[DerivationMethod.OPTION_B]
+    for method in (DerivationMethod.OPTION_A, DerivationMethod.OPTION_B) * 2:
+        wrapped = store.derive_and_wrap(imk, PAN19, PSN, method, tk)
+        assert _tdes_decrypt(TK, wrapped.ciphertext) == expected[method]
+
+
+def test_an_equal_but_distinct_tk_reference_gets_the_same_wrap(store: SoftKeyStore) -> None:
+    imk = store.active("imk")
+    first = store.derive_and_wrap(imk, PAN19, PSN, DerivationMethod.OPTION_A, KeyRef("tk", 1))
+    again = store.derive_and_wrap(imk, PAN19, PSN, DerivationMethod.OPTION_A, KeyRef("tk", 1))
+    assert first == again
+
+
+def test_the_keyed_pan_token_hmac_is_copied_for_every_pan(store: SoftKeyStore) -> None:
+    tok = store.active("tok")
+    pans = ("4761739001010119", "4761739001010127", "4761739001010119", "6212345678901234567")
+    assert [store.pan_token(tok, pan) for pan in pans] == [_token(pan) for pan in pans]
+
+
+def test_cached_entries_are_re_read_after_the_ttl_and_refuse_a_suspended_key(
+    tmp_path: Path,
+) -> None:
+    owner = new_store(tmp_path, FakeClock())
+    _import(owner, "sm4-tk", KeyAlgorithm.SM4, KeyUsage.K0, KeyRole.TK, SM4_TK,
+            owner="bureau:demo")  # fmt: skip
+    _import(owner, "tok", KeyAlgorithm.AES256, KeyUsage.M7, KeyRole.PAN_TOKEN, TOKEN_KEY,
+            owner="bureau:demo")  # fmt: skip
+    signer = owner.generate(
+        "issuer-sm2", KeyAlgorithm.SM2, KeyUsage.S0, KeyRole.ISSUER_SIGNING, "issuer:demo",
+        actor="o",
+    ).ref  # fmt: skip
+    tk, tok = owner.active("sm4-tk"), owner.active("tok")
+    worker = SoftKeyStore(owner.path, HMK, read_only=True, cache_ttl=0.0)
+    calls = {
+        tk: lambda: worker.generate_icc_key_pair("sm2", None, None, tk),
+        tok: lambda: worker.pan_token(tok, PAN19),
+        signer: lambda: worker.sign(signer, b"static data"),
+    }
+    for key, call in calls.items():
+        for _ in range(2):  # the second call is served from the entry's cached objects
+            call()
+        owner.suspend(key, actor="o", reason="test")
+        with pytest.raises(KeyStateError, match="state suspended"):
+            call()
+        owner.resume(key, actor="o")
+        call()
+    assert worker.pan_token(tok, PAN19) == _token(PAN19)
+
+
+def test_a_suspension_in_the_same_store_drops_the_cached_entry(store: SoftKeyStore) -> None:
+    tok, tk = store.active("tok"), store.active("sm4-tk")
+    store.pan_token(tok, PAN19)
+    store.generate_icc_key_pair("sm2", None, None, tk)
+    store.suspend(tok, actor="o", reason="test")
+    store.suspend(tk, actor="o", reason="test")
+    with pytest.raises(KeyStateError, match="state suspended"):
+        store.pan_token(tok, PAN19)
+    with pytest.raises(KeyStateError, match="state suspended"):
+        store.generate_icc_key_pair("sm2", None, None, tk)
+
+
+@pytest.mark.parametrize("ref", [["tok", 1], "tok@v1", None])
+def test_a_key_that_is_not_a_keyref_is_invalid_input(store: SoftKeyStore, ref: object) -> None:
+    store.pan_token(store.active("tok"), PAN19)  # a cached entry exists
+    with pytest.raises(InvalidInputError, match="expected a KeyRef"):
+        store.pan_token(ref, PAN19)  # type: ignore[arg-type]
