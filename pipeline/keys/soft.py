@@ -89,15 +89,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.cmac import CMAC
+
 from pipeline.audit.trail import AuditTrail
 from pipeline.crypto import gp, rsa, sm2, tr31
 from pipeline.crypto.aead import AesGcm
-from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
+from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity, primitive
 from pipeline.crypto.emv import IccMkDeriver, validate_pan
 from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.kcv import kcv_method_for
 from pipeline.crypto.kdf import hkdf_sha256
-from pipeline.crypto.mac import cmac
 from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
 from pipeline.crypto.pin import check_pin_block_iso0, pin_block_iso0_to_iso2
 from pipeline.errors import (
@@ -252,6 +253,7 @@ _PURPOSE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _OWNER_RE = re.compile(r"^[a-z]+:[A-Za-z0-9._-]{1,64}$")
 _DEFAULT_RSA_EXPONENT = 3  # EMV issuer keys: 3 or 65537 (Book 2 A2.1)
 _SM2_STRENGTH = KeyAlgorithm.SM2.strength_bits()  # of an ICC SM2 key (256-bit curve)
+_PURPOSES_KEPT = 64  # checked purpose strings a store remembers (SoftKeyStore._purpose)
 
 
 def _utc_now() -> datetime:
@@ -410,6 +412,7 @@ class SoftKeyStore:
         self._inventory_mac: str | None = None
         self._inventory: dict[tuple[str, int], str] = {}
         self._writing = False  # inside this store's own write transaction
+        self._purposes: dict[str, bytes] = {}  # purpose -> its checked bytes (_purpose)
         self._conn = self._connect(self.path, read_only)
         try:
             stored = self._meta("hmk_kcv")
@@ -2035,16 +2038,37 @@ class SoftKeyStore:
 
     def mac(self, key: KeyRef, data: bytes, purpose: str) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.mac` (AES-CMAC under HKDF(key, purpose))."""
-        info = _check_purpose(purpose)
-        entry = self._load(key, Operation.MAC)
-        return cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
+        info = self._purpose(purpose)
+        return self._cmac(self._load(key, Operation.MAC), info, data)
 
     def verify_mac(self, key: KeyRef, data: bytes, mac: bytes, purpose: str) -> bool:
         """See :meth:`pipeline.keys.store.KeyStore.verify_mac`."""
-        info = _check_purpose(purpose)
-        entry = self._load(key, Operation.VERIFY_MAC)
-        expected = cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
+        info = self._purpose(purpose)
+        expected = self._cmac(self._load(key, Operation.VERIFY_MAC), info, data)
         return hmac.compare_digest(expected, mac)
+
+    def _cmac(self, entry: _Loaded, info: bytes, data: bytes) -> bytes:
+        """AES-CMAC (SP 800-38B) of ``data`` under HKDF(key, "mac/" + purpose).
+
+        The CMAC context is keyed once per entry and purpose; each call
+        finishes a copy of it (a new context costs about five copies).
+        """
+        keyed: CMAC | None = entry.objects.get(("cmac", info))
+        if keyed is None:
+            keyed = CMAC(primitive(Algorithm.AES, self._derived(entry, "mac", info)))
+            entry.objects["cmac", info] = keyed
+        mac = keyed.copy()
+        mac.update(bytes(data))
+        return mac.finalize()
+
+    def _purpose(self, purpose: str) -> bytes:
+        """:func:`_check_purpose` once per purpose string (a store sees a handful)."""
+        info = self._purposes.get(purpose) if type(purpose) is str else None
+        if info is None:
+            info = _check_purpose(purpose)
+            if len(self._purposes) < _PURPOSES_KEPT:
+                self._purposes[purpose] = info
+        return info
 
     def pan_token(self, key: KeyRef, pan: str) -> str:
         """See :meth:`pipeline.keys.store.KeyStore.pan_token`."""
@@ -2068,13 +2092,13 @@ class SoftKeyStore:
 
     def encrypt_data(self, key: KeyRef, plaintext: bytes, purpose: str) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.encrypt_data` (AES-256-GCM envelope)."""
-        info = _check_purpose(purpose)
+        info = self._purpose(purpose)
         entry = self._load(key, Operation.ENCRYPT_DATA)
         return self._aead(entry, info).seal(plaintext, info)
 
     def decrypt_data(self, key: KeyRef, ciphertext: bytes, purpose: str) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.decrypt_data`."""
-        info = _check_purpose(purpose)
+        info = self._purpose(purpose)
         entry = self._load(key, Operation.DECRYPT_DATA)
         return self._aead(entry, info).open(ciphertext, info)
 

@@ -3,10 +3,12 @@
 ``_load`` serves a call from the cached entry without re-checking when the
 record is fresh, the operation's verdict was given on it and the key is
 unwrapped; an IMK entry remembers the derive plan it served last; a PAN-token
-entry keeps its HMAC-SHA-256 keyed once.  Each test fails when one of those
-shortcuts loses its condition: the plan served for another TK or method, the
-keyed HMAC updated in place, the TTL or a suspension ignored, a non-KeyRef
-reaching the dict as a TypeError.  Expected values come from the clear TEST
+entry keeps its HMAC-SHA-256, a MAC key entry its AES-CMAC per purpose, keyed
+once; a checked purpose string is remembered.  Each test fails when one of
+those shortcuts loses its condition: the plan served for another TK or method,
+a keyed context updated in place or shared between purposes, the TTL or a
+suspension ignored, a non-KeyRef reaching the dict as a TypeError, a bad
+purpose let through.  Expected values come from the clear TEST
 keys with ``cryptography`` / :mod:`hmac` directly; no public vector applies.
 """
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from pipeline.crypto.emv import derive_icc_mk
 from pipeline.crypto.kdf import hkdf_sha256
@@ -30,6 +33,7 @@ from tests.unit.keys.test_store_soft import IMK, SM4_TK, TK, _import
 
 TK2 = bytes.fromhex("33333333333333334444444444444444")
 TOKEN_KEY = bytes.fromhex("000102030405060708090A0B0C0D0E0F101112131415161718191A1B1C1D1E1F")
+MAC_KEY = bytes.fromhex("F0E0D0C0B0A090807060504030201000F1E1D1C1B1A191817161514131211101")
 PAN19, PSN = "4761739001010119012", "01"
 
 
@@ -43,6 +47,13 @@ def _token(pan: str) -> str:
     return hmac.new(key, pan.encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def _cmac(purpose: str, data: bytes) -> bytes:
+    """The store MAC by its definition: AES-CMAC under HKDF(key, mac/purpose)."""
+    c = CMAC(algorithms.AES(hkdf_sha256(MAC_KEY, b"cardprep/mac/" + purpose.encode(), 32)))
+    c.update(data)
+    return c.finalize()
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> SoftKeyStore:
     s = new_store(tmp_path, FakeClock())
@@ -51,6 +62,8 @@ def store(tmp_path: Path) -> SoftKeyStore:
     _import(s, "tk2", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, TK2, owner="bureau:demo")
     _import(s, "sm4-tk", KeyAlgorithm.SM4, KeyUsage.K0, KeyRole.TK, SM4_TK, owner="bureau:demo")
     _import(s, "tok", KeyAlgorithm.AES256, KeyUsage.M7, KeyRole.PAN_TOKEN, TOKEN_KEY,
+            owner="bureau:demo")  # fmt: skip
+    _import(s, "mac", KeyAlgorithm.AES256, KeyUsage.M6, KeyRole.AUDIT_MAC, MAC_KEY,
             owner="bureau:demo")  # fmt: skip
     return s
 
@@ -136,3 +149,23 @@ def test_a_key_that_is_not_a_keyref_is_invalid_input(store: SoftKeyStore, ref: o
     store.pan_token(store.active("tok"), PAN19)  # a cached entry exists
     with pytest.raises(InvalidInputError, match="expected a KeyRef"):
         store.pan_token(ref, PAN19)  # type: ignore[arg-type]
+
+
+def test_the_keyed_cmac_is_per_purpose_and_copied_for_every_message(store: SoftKeyStore) -> None:
+    key = store.active("mac")
+    calls = [("keypool-entry", b"one"), ("audit", b"one"), ("keypool-entry", b"two")] * 2
+    for purpose, data in calls:
+        tag = store.mac(key, data, purpose)
+        assert tag == _cmac(purpose, data)
+        assert store.verify_mac(key, data, tag, purpose)
+        assert not store.verify_mac(key, data + b"!", tag, purpose)
+
+
+@pytest.mark.parametrize("purpose", ["Bad Purpose", "", 7, None])
+def test_a_bad_purpose_is_refused_after_good_ones_were_remembered(
+    store: SoftKeyStore, purpose: object
+) -> None:
+    key = store.active("mac")
+    store.mac(key, b"data", "keypool-entry")
+    with pytest.raises(InvalidInputError, match=r"expected 1\.\.64"):
+        store.mac(key, b"data", purpose)  # type: ignore[arg-type]
