@@ -38,15 +38,21 @@ reachable (and tested).
 
 Native code (``pipeline/crypto/native/sm2_curve.c``, a CFFI extension built by
 ``tests/setup.sh``): when the compiled module ``_sm2_native`` is importable,
-:func:`mul_base` for 0 < k < n and :func:`mul_base_add_fixed` run in C over
+:func:`mul_base` and :func:`mul_base_x` for 0 < k < n, :func:`mul_base_add_fixed`,
+:func:`mul_base_add_fixed_x_equals` and :func:`point_bytes_on_curve` run in C over
 fixed-base tables built in a few milliseconds (width :data:`NATIVE_WIDTH` for
-[k]G, :data:`NATIVE_VT_WIDTH` for verification): [k]G in
-constant time (every table row read in full, no branch on k; the result is made affine
-here with a blinded inversion), [s]G + [t]Q in variable time (public scalars).  Each computes the
-same points as the Python code below, which stays the reference and the
-fallback (``CARDPREP_SM2_NATIVE=0`` forces it); tests compare the two on
-random and edge scalars.  Measured on the development machine: [k]G 31 us in
-C against 50-80 us here, a precomputed verification 44 us against 76-134 us.
+[k]G, :data:`NATIVE_VT_WIDTH` for verification): [k]G in constant time
+(every table row read in full, no branch on k), its Jacobian result
+randomised in C by a random factor r, (X r^2, Y r^3, Z r), so that the
+variable-time :func:`gmpy2.invert` of Z r here learns nothing about k;
+[s]G + [t]Q in variable time (public scalars), and for a signature check only
+whether its x is v mod n, tested in C as X == v Z^2 without an inversion.
+Each computes the same answers as the Python code below, which stays the
+reference and the fallback (``CARDPREP_SM2_NATIVE=0`` forces it); tests
+compare the two on random and edge scalars.  Measured on the development
+machine: [k]G ~21 us in C (~25 us with the call and the affine conversion
+here) against 50-80 us in Python, a precomputed verification check ~25 us
+against 76-134 us.
 
 NOT constant time (the Python path): Python big integers leak timing through
 their size and every branch here depends on the scalar.  That is acceptable
@@ -66,7 +72,7 @@ import importlib
 import os
 import warnings
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import gmpy2
 from gmpy2 import invert, mpz
@@ -74,7 +80,7 @@ from gmpy2 import invert, mpz
 from pipeline.errors import CryptoError, InvalidInputError
 
 #: The ``sm2n_abi_version()`` this module's calls are written for (native/sm2_curve.c).
-NATIVE_ABI_VERSION = 2
+NATIVE_ABI_VERSION = 3
 
 
 def _load_native() -> Any:
@@ -134,6 +140,7 @@ NATIVE_VT_WIDTH = 8
 
 _p = mpz(P)
 _b = mpz(B)
+_from_bytes = mpz.from_bytes
 
 # ``Any`` because gmpy2 ships no type information.
 Affine = tuple[Any, Any]
@@ -151,6 +158,24 @@ def is_on_curve(x: int, y: int) -> bool:
         return False
     mx, my = mpz(x), mpz(y)
     return bool((my * my - (mx * mx * mx - 3 * mx + _b)) % _p == 0)
+
+
+def point_bytes_on_curve(xy: bytes) -> bool:
+    """Return True when 64 bytes x || y (big-endian) are a point on the curve (see is_on_curve).
+
+    In C when the extension is loaded.
+
+    Example:
+        >>> point_bytes_on_curve(GX.to_bytes(32, "big") + GY.to_bytes(32, "big"))
+        True
+        >>> point_bytes_on_curve(bytes(64))
+        False
+    """
+    if len(xy) != 64:
+        raise InvalidInputError("point", f"expected 64 bytes x || y, got {len(xy)}")
+    if _native is not None:
+        return bool(_native.lib.sm2n_point_valid(bytes(xy)))
+    return is_on_curve(int.from_bytes(xy[:32], "big"), int.from_bytes(xy[32:], "big"))
 
 
 def _affine_double(x: Any, y: Any) -> Affine | None:
@@ -292,29 +317,28 @@ def _native_base_table_vt() -> Any:
     return _native_table((mpz(GX), mpz(GY)), NATIVE_VT_WIDTH)
 
 
-def _native_result(rc: int, out: Any, *, blind: bool) -> Affine | None:
+def _native_point(rc: int, out: Any) -> Affine | None:
     """The affine point from the extension's Jacobian X || Y || Z (``rc`` 1), None (0).
 
-    ``blind``: the point depends on a secret scalar, so Z is multiplied by a
-    random unit before :func:`gmpy2.invert` (whose time depends on its
-    input) and the factor is multiplied back after.
+    For [k]G the extension has already randomised the coordinates by a
+    random factor r, (X r^2, Y r^3, Z r), so Z here is uniform and
+    independent of the secret k, and :func:`gmpy2.invert` (whose time
+    depends on its input) tells nothing about k.
     """
     if rc == 0:
         return None
     if rc != 1:
-        raise CryptoError("sm2 point", "native result is not on the curve (fault check)")
+        _native_fault()
     raw = _native.ffi.buffer(out)[:]  # bytes(out) would copy element by element (10x slower)
     p = _p
-    X = mpz(int.from_bytes(raw[:32], "big"))
-    Y = mpz(int.from_bytes(raw[32:64], "big"))
-    Z = mpz(int.from_bytes(raw[64:], "big"))
-    if blind:
-        r = mpz(int.from_bytes(os.urandom(32), "big")) % p or mpz(1)
-        zi = invert(Z * r % p, p) * r % p
-    else:
-        zi = invert(Z, p)
+    zi = invert(_from_bytes(raw[64:], "big"), p)
     zi2 = zi * zi % p
-    return X * zi2 % p, Y * zi2 * zi % p
+    return _from_bytes(raw[:32], "big") * zi2 % p, _from_bytes(raw[32:64], "big") * zi2 * zi % p
+
+
+def _native_fault() -> NoReturn:
+    """The extension's fault check failed (a result off the curve): never expected."""
+    raise CryptoError("sm2 point", "native result is not on the curve (fault check)")
 
 
 def warm_up() -> None:
@@ -427,9 +451,35 @@ def mul_base(k: int) -> Affine | None:
     """
     if _native is not None and 0 < k < N:
         out = _native.ffi.new("unsigned char[96]")
-        rc = _native.lib.sm2n_mul_base_ct(_native_base_table(), int(k).to_bytes(32, "big"), out)
-        return _native_result(rc, out, blind=True)
+        rc = _native.lib.sm2n_mul_base_ct(
+            _native_base_table(), int(k).to_bytes(32, "big"), os.urandom(32), out
+        )
+        return _native_point(rc, out)
     return _mul_base_py(k)
+
+
+def mul_base_x(k: int) -> int:
+    """The affine x of [k]G for 0 < k < n, as an int (a signature needs only x1, 6.1 A4).
+
+    Example:
+        >>> mul_base_x(1) == GX
+        True
+    """
+    if _native is not None and 0 < k < N:
+        out = _native.ffi.new("unsigned char[96]")
+        rc = _native.lib.sm2n_mul_base_ct(
+            _native_base_table(), int(k).to_bytes(32, "big"), os.urandom(32), out
+        )
+        if rc != 1:  # never infinity for 0 < k < n
+            _native_fault()
+        raw = _native.ffi.buffer(out)[:]
+        p = _p
+        zi = invert(_from_bytes(raw[64:], "big"), p)
+        return int(_from_bytes(raw[:32], "big") * (zi * zi % p) % p)
+    point = _mul_base_py(k)
+    if point is None:
+        raise InvalidInputError("k", "gives the point at infinity")
+    return int(point[0])
 
 
 def _mul_base_py(k: int) -> Affine | None:
@@ -595,8 +645,36 @@ def mul_base_add_fixed(s: int, t: int, table: FixedBaseTable) -> Affine | None:
             _native_base_table_vt(), int(s).to_bytes(32, "big"), table.native,
             int(t).to_bytes(32, "big"), out,
         )  # fmt: skip
-        return _native_result(rc, out, blind=False)
+        return _native_point(rc, out)
     return _mul_base_add_fixed_py(s, t, table)
+
+
+def mul_base_add_fixed_x_equals(s: int, t: int, table: FixedBaseTable, v: int) -> bool:
+    """True when [s]G + [t]Q is not infinity and its affine x is congruent to v mod n.
+
+    The check of GB/T 32918.2 7.1 B7, (e + x1) mod n == r, is x1 = v mod n
+    for v = (r - e) mod n; in C it needs no inversion (X == v Z^2, or (v + n) Z^2
+    when v + n < p).  ``0 <= s, t < 2^256``, ``0 <= v < n``.
+
+    Example:
+        >>> table = FixedBaseTable((mpz(GX), mpz(GY)), width=4)
+        >>> mul_base_add_fixed_x_equals(2, 3, table, int(mul_base(5)[0]) % N)
+        True
+        >>> mul_base_add_fixed_x_equals(N - 3, 3, table, 0)
+        False
+    """
+    if not 0 <= v < N:
+        raise InvalidInputError("v", "must be in [0, n-1]")
+    if table.native is not None and 0 <= s < 1 << 256 and 0 <= t < 1 << 256:
+        rc = _native.lib.sm2n_mul2_vt_x_equals(
+            _native_base_table_vt(), int(s).to_bytes(32, "big"), table.native,
+            int(t).to_bytes(32, "big"), int(v).to_bytes(32, "big"),
+        )  # fmt: skip
+        if rc < 0:
+            _native_fault()
+        return bool(rc == 1)
+    point = _mul_base_add_fixed_py(s, t, table)
+    return point is not None and int(point[0]) % N == v
 
 
 def _mul_base_add_fixed_py(s: int, t: int, table: FixedBaseTable) -> Affine | None:

@@ -24,16 +24,20 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "native" / "sm2_curve.c"
 
 #: What ``sm2n_abi_version()`` of the C source returns; the loader checks it.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 CDEF = """
 int sm2n_abi_version(void);
 typedef struct sm2n_table sm2n_table;
 sm2n_table *sm2n_table_new(const unsigned char xy[64], int width);
 void sm2n_table_free(sm2n_table *t);
-int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], unsigned char out[96]);
+int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], const unsigned char blind[32],
+                     unsigned char out[96]);
 int sm2n_mul2_vt(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
                  const unsigned char t[32], unsigned char out[96]);
+int sm2n_mul2_vt_x_equals(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
+                          const unsigned char t[32], const unsigned char v[32]);
+int sm2n_point_valid(const unsigned char xy[64]);
 """
 
 ffibuilder = FFI()

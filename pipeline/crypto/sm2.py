@@ -177,7 +177,9 @@ def check_public_key(public_key: bytes) -> None:
         ...
         pipeline.errors.InvalidInputError: public_key: point is not on the SM2 curve
     """
-    _public_point(public_key)
+    raw = _require_bytes("public_key", public_key, PUBLIC_KEY_SIZE)
+    if not curve.point_bytes_on_curve(raw):
+        raise InvalidInputError("public_key", "point is not on the SM2 curve")
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -237,9 +239,7 @@ def _sign_e(d: int, inv_1_plus_d: int, e: int, k: int | None) -> bytes:
     n = _N
     while True:
         nonce = secrets.randbelow(n - 1) + 1 if k is None else k
-        point = curve.mul_base(nonce)
-        assert point is not None
-        r = (e + int(point[0])) % n
+        r = (e + curve.mul_base_x(nonce)) % n
         if r == 0 or r + nonce == n:
             if k is not None:
                 raise InvalidInputError("k", "gives r = 0 or r + k = n (GB/T 32918.2 6.1 A5)")
@@ -401,9 +401,10 @@ class Sm2Verifier:
         table = self._table
         if table is None:
             point = curve.mul_base_add(s, t, self._point)
-        else:
-            point = curve.mul_base_add_fixed(s, t, table)
-        if point is None or (e_int + int(point[0])) % n != r:
+            valid = point is not None and (e_int + int(point[0])) % n == r
+        else:  # (e + x1) mod n == r  <=>  x1 = r - e (mod n), checked without leaving C
+            valid = curve.mul_base_add_fixed_x_equals(s, t, table, (r - e_int) % n)
+        if not valid:
             raise SignatureError("signature", "does not verify (GB/T 32918.2 7.1 B7)")
 
 

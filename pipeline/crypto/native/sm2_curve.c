@@ -2,24 +2,32 @@
  * Native point arithmetic on the SM2 recommended curve (GB/T 32918.5-2017,
  * "sm2p256v1"), for pipeline/crypto/_sm2_curve.py.
  *
- * Only the two hot operations of card preparation live here:
+ * Only the hot operations of card preparation live here:
  *
  *   sm2n_mul_base_ct   [k]G for a secret k in [1, n-1] (ICC key generation,
- *                      signature nonces): fixed 4-bit windows over a table of
- *                      i * 2^(4j) * G, every table row scanned in full (the
+ *                      signature nonces): fixed windows over a table of
+ *                      i * 2^(wj) * G, every table row scanned in full (the
  *                      memory access pattern does not depend on k), no branch
- *                      on k, one final inversion by Fermat's little theorem
- *                      (a fixed addition chain over p - 2).
+ *                      on k.  The Jacobian result is randomised by a caller's
+ *                      random factor r, (X r^2, Y r^3, Z r) (the same point),
+ *                      so that the caller's variable-time inversion of Z r
+ *                      learns nothing about k.
  *   sm2n_mul2_vt       [s]G + [t]Q for public s, t (signature verification,
  *                      GB/T 32918.2 7.1 B6) over two such tables, variable
  *                      time, with every exceptional case of the addition
  *                      (doubling, P + (-P), infinity) handled.
+ *   sm2n_mul2_vt_x_equals
+ *                      the same sum, answering only whether its affine x is
+ *                      congruent to a given v mod n (B7 needs nothing else):
+ *                      X == v Z^2 or, when v + n < p, X == (v + n) Z^2, so no
+ *                      inversion and no point leaves C.
+ *   sm2n_point_valid   whether 64 bytes x || y are a point on the curve
+ *                      (GB/T 32918.1 6.2.1 b, c).
  *
- * Both return the Jacobian result (X, Y, Z), checked to be on the curve; the
- * Python caller makes it affine with one gmpy2 inversion, ~1.3 us against
- * ~10 us for Fermat's little theorem here, blinding Z by a random factor
- * when the point depends on a secret (so the inversion's timing tells
- * nothing).  fe_inv (Fermat, constant time) is only used to build tables.
+ * The point results are Jacobian (X, Y, Z), checked to be on the curve; the
+ * Python caller makes them affine with one gmpy2 inversion, ~0.8 us against
+ * ~10 us for Fermat's little theorem here.  fe_inv (Fermat, constant time) is
+ * only used to build tables.
  *
  * Field elements are four 64-bit limbs, least significant first, in
  * Montgomery form (x * 2^256 mod p).  Because p = 2^256 - 2^224 - 2^96 +
@@ -50,7 +58,7 @@ typedef struct { fe X, Y, Z; } jacobian;
 
 /* Bumped whenever a signature or an output layout below changes: the Python loader refuses a
    compiled module of another version (a tree updated without re-running tests/setup.sh). */
-#define SM2N_ABI_VERSION 2
+#define SM2N_ABI_VERSION 3
 
 int sm2n_abi_version(void) { return SM2N_ABI_VERSION; }
 
@@ -63,6 +71,9 @@ struct sm2n_table {
 typedef struct sm2n_table sm2n_table;
 
 static const uint64_t P[4] = {0xFFFFFFFFFFFFFFFFULL, 0xFFFFFFFF00000000ULL,
+                              0xFFFFFFFFFFFFFFFFULL, 0xFFFFFFFEFFFFFFFFULL};
+/* n, the order of G, least significant limb first */
+static const uint64_t N[4] = {0x53BBF40939D54123ULL, 0x7203DF6B21C6052BULL,
                               0xFFFFFFFFFFFFFFFFULL, 0xFFFFFFFEFFFFFFFFULL};
 /* b of the curve, big-endian */
 static const unsigned char B_BYTES[32] = {
@@ -192,15 +203,18 @@ static void fe_to_bytes(unsigned char out[32], const fe *a) {
     }
 }
 
-/* 1 when 0 <= value < p */
-static int fe_canonical(const fe *a) {
+/* 1 when the 256-bit value a < m (both four limbs, least significant first) */
+static int below(const fe *a, const uint64_t m[4]) {
     u128 borrow = 0;
     for (int i = 0; i < 4; i++) {
-        u128 d = (u128)a->v[i] - P[i] - borrow;
+        u128 d = (u128)a->v[i] - m[i] - borrow;
         borrow = (d >> 64) & 1;
     }
     return (int)borrow;
 }
+
+/* 1 when 0 <= value < p */
+static int fe_canonical(const fe *a) { return below(a, P); }
 
 static void to_mont(fe *r, const fe *a) { fe_mul(r, a, &R2); }
 
@@ -468,9 +482,27 @@ static int write_jacobian(unsigned char out[96], const jacobian *acc) {
     return 1;
 }
 
+/* (X r^2, Y r^3, Z r), the same point, for r = blind mod p (1 if that is 0) */
+static void randomise(jacobian *a, const unsigned char blind[32]) {
+    fe raw, r, r2, r3, zero = {{0, 0, 0, 0}};
+    fe_from_bytes(&raw, blind);
+    fe_reduce_once(&r, raw.v, 0); /* blind < 2^256 < 2p */
+    uint64_t is_zero = (uint64_t)0 - (uint64_t)fe_equal(&r, &zero);
+    fe one = {{1, 0, 0, 0}};
+    select_fe(&r, &one, is_zero);
+    to_mont(&r, &r);
+    fe_sqr(&r2, &r);
+    fe_mul(&r3, &r2, &r);
+    fe_mul(&a->X, &a->X, &r2);
+    fe_mul(&a->Y, &a->Y, &r3);
+    fe_mul(&a->Z, &a->Z, &r);
+}
+
 /* [k]B for the table's base B and a secret k in [1, n-1] (32 bytes big-endian), in constant
-   time as described at the top; out and the return value as write_jacobian. */
-int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], unsigned char out[96]) {
+   time as described at the top, randomised by r = blind mod p (1 if that is 0): out is
+   (X r^2, Y r^3, Z r) and the return value as write_jacobian. */
+int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], const unsigned char blind[32],
+                     unsigned char out[96]) {
     jacobian acc;
     memset(&acc, 0, sizeof acc);
     uint64_t acc_inf = ~(uint64_t)0; /* all ones while the accumulator is infinity */
@@ -498,22 +530,77 @@ int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], unsigned ch
         select_fe(&acc.Z, &ONE, take_q);
         acc_inf &= ~nonzero;
     }
+    randomise(&acc, blind);
     return write_jacobian(out, &acc);
 }
 
-/* [s]G + [t]Q for public s, t (32 bytes big-endian each) over G's and Q's tables, variable
-   time, every exceptional case handled; out and the return value as write_jacobian. */
-int sm2n_mul2_vt(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
-                 const unsigned char t[32], unsigned char out[96]) {
-    jacobian acc;
-    memset(&acc, 0, sizeof acc);
+/* acc = [s]G + [t]Q for public s, t over G's and Q's tables, variable time, every exceptional
+   case handled */
+static void mul2_vt(jacobian *acc, const sm2n_table *g, const unsigned char s[32],
+                    const sm2n_table *q, const unsigned char t[32]) {
+    memset(acc, 0, sizeof *acc);
     for (int j = 0; j < g->rows; j++) {
         unsigned d = digit_at(s, j * g->width, g->width);
-        if (d) jac_madd(&acc, &acc, g->points + (size_t)j * g->per_row + d);
+        if (d) jac_madd(acc, acc, g->points + (size_t)j * g->per_row + d);
     }
     for (int j = 0; j < q->rows; j++) {
         unsigned d = digit_at(t, j * q->width, q->width);
-        if (d) jac_madd(&acc, &acc, q->points + (size_t)j * q->per_row + d);
+        if (d) jac_madd(acc, acc, q->points + (size_t)j * q->per_row + d);
     }
+}
+
+/* [s]G + [t]Q for public s, t (32 bytes big-endian each); out and the return value as
+   write_jacobian. */
+int sm2n_mul2_vt(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
+                 const unsigned char t[32], unsigned char out[96]) {
+    jacobian acc;
+    mul2_vt(&acc, g, s, q, t);
     return write_jacobian(out, &acc);
+}
+
+/* 1 when [s]G + [t]Q is a finite point whose affine x is congruent to v mod n (v: 32 bytes
+   big-endian, v < n), i.e. x = v or x = v + n < p, tested as X == x Z^2 without an inversion;
+   0 when not (or the sum is infinity); -1 if the sum is off the curve (a fault check: never
+   expected); -2 when v >= n. */
+int sm2n_mul2_vt_x_equals(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
+                          const unsigned char t[32], const unsigned char v[32]) {
+    fe x;
+    fe_from_bytes(&x, v);
+    if (!below(&x, N)) return -2;
+    jacobian acc;
+    mul2_vt(&acc, g, s, q, t);
+    if (fe_is_zero(&acc.Z)) return 0;
+    if (!jac_on_curve(&acc)) return -1;
+    fe z2, xm, xz2;
+    fe_sqr(&z2, &acc.Z);
+    for (int candidate = 0; candidate < 2; candidate++) {
+        if (candidate) { /* x = v + n, when that is still below p */
+            uint64_t w[4];
+            u128 c = 0;
+            for (int i = 0; i < 4; i++) {
+                c += (u128)x.v[i] + N[i];
+                w[i] = (uint64_t)c;
+                c >>= 64;
+            }
+            if (c) return 0;
+            memcpy(x.v, w, sizeof w);
+            if (!fe_canonical(&x)) return 0;
+        }
+        to_mont(&xm, &x);
+        fe_mul(&xz2, &xm, &z2);
+        if (fe_equal(&xz2, &acc.X)) return 1;
+    }
+    return 0;
+}
+
+/* 1 when xy (64 bytes x || y, big-endian) is a point on the curve with x, y < p, else 0 */
+int sm2n_point_valid(const unsigned char xy[64]) {
+    init_constants();
+    fe x, y;
+    fe_from_bytes(&x, xy);
+    fe_from_bytes(&y, xy + 32);
+    if (!fe_canonical(&x) || !fe_canonical(&y)) return 0;
+    to_mont(&x, &x);
+    to_mont(&y, &y);
+    return on_curve(&x, &y);
 }

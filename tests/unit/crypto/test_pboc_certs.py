@@ -327,3 +327,38 @@ def test_verifier_with_another_user_id_is_refused() -> None:
     """Certificates are signed under the default ID; another ID is a caller error."""
     with pytest.raises(InvalidInputError, match=r"^issuer_verifier: must use the default"):
         pc.verify_pboc_icc_certificate(_icc_cert(), sm2.Sm2Verifier(ISS_PUB, b"ALICE"), STATIC)
+
+
+# --- the precomputed cuts agree with LAYOUT ------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(pc.CertKind))
+def test_merged_segments_and_cuts_follow_the_layout(kind: pc.CertKind) -> None:
+    # _body joins merged runs of fixed fields, _split checks them: both must be LAYOUT itself.
+    walked = b"".join(
+        spec.value(kind) or bytes([0xA0 + i]) * spec.size(kind)
+        for i, spec in enumerate(pc.LAYOUT[:-1])
+    )
+    variable = {
+        spec.name: bytes([0xA0 + i]) * spec.size(kind)
+        for i, spec in enumerate(pc.LAYOUT[:-1])
+        if spec.value(kind) is None
+    }
+    arguments = {("key" if name == "public_key" else name): v for name, v in variable.items()}
+    assert pc._body(kind, **arguments) == walked
+    fields = pc._split(kind, walked + bytes(64))
+    assert fields == {**variable, "signature": bytes(64)}
+
+
+def test_icc_fixed_field_errors_name_the_first_wrong_field() -> None:
+    cert = bytearray(_icc_cert())
+    cert[18] = 0x12  # parameter_indicator
+    cert[19] = 0x41  # public_key_length
+    with pytest.raises(CertificateError, match=r"^parameter_indicator: expected 11, got 12$"):
+        pc.verify_pboc_icc_certificate(bytes(cert), ISS_PUB, STATIC)
+    cert[16] = 0x03
+    with pytest.raises(CertificateError, match=r"^signature_algorithm: expected 04, got 03$"):
+        pc.verify_pboc_icc_certificate(bytes(cert), ISS_PUB, STATIC)
+    cert[0] = 0x12
+    with pytest.raises(CertificateError, match=r"^format: expected 14, got 12$"):
+        pc.verify_pboc_icc_certificate(bytes(cert), ISS_PUB, STATIC)

@@ -192,3 +192,200 @@ def test_the_python_fallback_still_gives_the_published_answers() -> None:
         cwd=ROOT, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert probe.stdout.strip() == "False"
+
+
+# --- ABI 3: the randomised [k]G, x-only results, the verification check, point validity ----
+
+
+def _jacobian_out(k: int, blind: bytes) -> tuple[int, int, int]:
+    """The raw (X, Y, Z) the extension writes for [k]G randomised by ``blind``."""
+    ffi, lib = curve._native.ffi, curve._native.lib
+    out = ffi.new("unsigned char[96]")
+    assert lib.sm2n_mul_base_ct(curve._native_base_table(), k.to_bytes(32, "big"), blind, out) == 1
+    raw = ffi.buffer(out)[:]
+    return tuple(int.from_bytes(raw[i : i + 32], "big") for i in (0, 32, 64))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "blind",
+    [0, 1, 2, curve.P - 1, curve.P, curve.P + 1, (1 << 256) - 1, secrets.randbits(256)],
+)
+def test_mul_base_randomisation_keeps_the_point_and_scales_z(blind: int) -> None:
+    # (X r^2, Y r^3, Z r) for r = blind mod p, r = 1 when that is 0: the same affine point.
+    k = secrets.randbelow(N - 1) + 1
+    x1, y1, z1 = _jacobian_out(k, (1).to_bytes(32, "big"))
+    xr, yr, zr = _jacobian_out(k, blind.to_bytes(32, "big"))
+    r = blind % curve.P or 1
+    p = curve.P
+    assert (xr, yr, zr) == (x1 * r * r % p, y1 * r * r * r % p, z1 * r % p)
+    expected = curve._mul_base_py(k)
+    assert expected is not None
+    zi = pow(zr, -1, p)
+    assert (xr * zi * zi % p, yr * zi * zi * zi % p) == expected
+
+
+def test_mul_base_z_is_randomised_per_call() -> None:
+    ffi = curve._native.ffi
+    k = secrets.randbelow(N - 1) + 1
+    zs = set()
+    for _ in range(5):
+        out = ffi.new("unsigned char[96]")
+        curve._native.lib.sm2n_mul_base_ct(
+            curve._native_base_table(), k.to_bytes(32, "big"), secrets.token_bytes(32), out
+        )
+        zs.add(ffi.buffer(out)[64:])
+    assert len(zs) == 5
+
+
+def test_mul_base_x_matches_python_on_edge_scalars() -> None:
+    for k in _edge_scalars():
+        point = curve._mul_base_py(k)
+        assert point is not None
+        assert curve.mul_base_x(k) == int(point[0]), hex(k)
+        assert type(curve.mul_base_x(k)) is int
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=N - 1))
+def test_mul_base_x_matches_python(k: int) -> None:
+    point = curve._mul_base_py(k)
+    assert point is not None
+    assert curve.mul_base_x(k) == int(point[0])
+
+
+def test_mul_base_x_outside_1_to_n_minus_1() -> None:
+    with pytest.raises(InvalidInputError, match="infinity"):
+        curve.mul_base_x(N)
+    assert curve.mul_base_x(N + 5) == curve.mul_base_x(5)
+
+
+def _x_equals_both(s: int, t: int, table: curve.FixedBaseTable, v: int) -> bool:
+    """The C answer, held to the Python reference of the same check."""
+    native = curve.mul_base_add_fixed_x_equals(s, t, table, v)
+    point = curve._mul_base_add_fixed_py(s, t, table)
+    assert native == (point is not None and int(point[0]) % N == v), (s, t, v)
+    return native
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=N - 1), st.integers(min_value=0, max_value=N - 1))
+def test_x_equals_matches_python(s: int, t: int) -> None:
+    fixed = _fixed_for_7()
+    point = curve._mul_base_add_fixed_py(s, t, fixed)
+    if point is None:
+        assert not _x_equals_both(s, t, fixed, 0)
+        return
+    x = int(point[0]) % N
+    assert _x_equals_both(s, t, fixed, x)
+    assert not _x_equals_both(s, t, fixed, (x + 1) % N)
+    assert not _x_equals_both(s, t, fixed, (x - 1) % N)
+
+
+def test_x_equals_exceptional_cases(keyed: tuple[curve.FixedBaseTable, int]) -> None:
+    table, d = keyed
+    t = secrets.randbelow(N - 1) + 1
+    s = (-t * d) % N  # the sum is infinity: never equal, whatever v
+    for v in (0, 1, N - 1):
+        assert not _x_equals_both(s, t, table, v)
+    s = (t * d) % N  # a doubling inside the sum
+    x = int(curve._mul_base_py((2 * t * d) % N)[0])  # type: ignore[index]
+    assert _x_equals_both(s, t, table, x % N)
+    assert not _x_equals_both(0, 0, table, 0)
+    assert _x_equals_both(5, 0, table, int(curve._mul_base_py(5)[0]) % N)  # type: ignore[index]
+    for v in (-1, N, N + 1):
+        with pytest.raises(InvalidInputError, match="v"):
+            curve.mul_base_add_fixed_x_equals(1, 1, table, v)
+
+
+def _sqrt_mod_p(a: int) -> int | None:
+    """A square root mod p (p = 3 mod 4), or None."""
+    root = pow(a, (curve.P + 1) // 4, curve.P)
+    return root if root * root % curve.P == a % curve.P else None
+
+
+def _point_with_x_at_least_n() -> curve.Affine:
+    """A curve point whose x lies in [n, p): x mod n then differs from x (B7's rare case)."""
+    x = N
+    while True:
+        y = _sqrt_mod_p(x**3 - 3 * x + curve.B)
+        if y is not None:
+            return curve.mpz(x), curve.mpz(y)
+        x += 1
+
+
+def test_x_equals_finds_x_between_n_and_p() -> None:
+    # x in [n, p) happens with probability ~2^-128 in a real signature, so the point is made.
+    r_point = _point_with_x_at_least_n()
+    x = int(r_point[0])
+    assert N <= x < curve.P
+    table = curve.FixedBaseTable(r_point)
+    assert _x_equals_both(0, 1, table, x - N)  # Z = 1
+    assert not _x_equals_both(0, 1, table, (x - N + 1) % N)
+    # the same point reached as G + (R - G): Z != 1 in the C sum
+    minus_g = (G[0], curve._p - G[1])
+    shifted = curve._affine_add(r_point, minus_g)
+    assert shifted is not None
+    table2 = curve.FixedBaseTable(shifted)
+    assert _x_equals_both(1, 1, table2, x - N)
+    assert not _x_equals_both(1, 1, table2, x - N + 1)
+
+
+def test_x_equals_c_refuses_v_not_below_n(keyed: tuple[curve.FixedBaseTable, int]) -> None:
+    lib = curve._native.lib
+    one = (1).to_bytes(32, "big")
+    for v in (N, curve.P - 1, (1 << 256) - 1):
+        rc = lib.sm2n_mul2_vt_x_equals(
+            curve._native_base_table_vt(), one, keyed[0].native, one, v.to_bytes(32, "big")
+        )
+        assert rc == -2
+
+
+def test_x_equals_python_fallback_of_a_table_without_native_part(
+    keyed: tuple[curve.FixedBaseTable, int],
+) -> None:
+    table, d = keyed
+    python_only = curve.FixedBaseTable(curve._mul_base_py(d), width=4)  # type: ignore[arg-type]
+    python_only.native = None
+    for _ in range(5):
+        s, t = secrets.randbelow(N), secrets.randbelow(N)
+        x = int(curve._mul_base_add_fixed_py(s, t, table)[0]) % N  # type: ignore[index]
+        assert curve.mul_base_add_fixed_x_equals(s, t, python_only, x)
+        assert not curve.mul_base_add_fixed_x_equals(s, t, python_only, (x + 1) % N)
+
+
+def _xy(x: int, y: int) -> bytes:
+    return x.to_bytes(32, "big") + y.to_bytes(32, "big")
+
+
+def test_point_validity_in_c_matches_python() -> None:
+    p = curve.P
+    cases = [_xy(curve.GX, curve.GY), _xy(curve.GX, p - curve.GY), bytes(64), _xy(0, 0)]
+    cases += [_xy(curve.GX, curve.GY + 1), _xy(curve.GX + 1, curve.GY)]
+    r_point = _point_with_x_at_least_n()
+    cases += [_xy(int(r_point[0]), int(r_point[1])), _xy(p, 0), _xy(p - 1, 0)]
+    cases += [_xy((1 << 256) - 1, (1 << 256) - 1)]
+    for _ in range(30):
+        x, y = curve._mul_base_py(secrets.randbelow(N - 1) + 1)  # type: ignore[misc]
+        cases += [_xy(int(x), int(y)), _xy(int(x), int(y) ^ 1), _xy(int(x) ^ 4, int(y))]
+    for xy in cases:
+        x, y = int.from_bytes(xy[:32], "big"), int.from_bytes(xy[32:], "big")
+        assert curve.point_bytes_on_curve(xy) == curve.is_on_curve(x, y), xy.hex()
+    with pytest.raises(InvalidInputError):
+        curve.point_bytes_on_curve(bytes(63))
+
+
+def test_a_coordinate_not_below_p_is_refused_even_if_its_residue_is_on_the_curve() -> None:
+    # GB/T 32918.1 6.2.1 b: x, y in [0, p-1].  Points with a small x (< 2^256 - p) or a small y
+    # are made here, so that x + p (or y + p) still fits in 32 bytes.
+    p = curve.P
+    x = 0
+    while (y := _sqrt_mod_p(x**3 - 3 * x + curve.B)) is None:
+        x += 1
+    assert curve.point_bytes_on_curve(_xy(x, y))
+    assert not curve.point_bytes_on_curve(_xy(x + p, y))
+    assert not curve.is_on_curve(x + p, y)
+    small_y = min(y, p - y)
+    # a point with y small: swap roles by taking the negation when p - y is the small one
+    if small_y + p < 1 << 256:
+        assert curve.point_bytes_on_curve(_xy(x, small_y))
+        assert not curve.point_bytes_on_curve(_xy(x, small_y + p))
