@@ -55,10 +55,12 @@ store; only an anchor outside the database can tell (see
 
 Hot path (``derive_and_wrap``, ``translate``, ``sign`` ...): the first use of
 a :class:`KeyRef` in a process unwraps its block and caches the clear key and
-its cipher / deriver / signer objects in process memory.  The key's record is
-re-read from the database at most every ``cache_ttl`` seconds (default 5), so
-a suspension made by another process takes effect within that time; usage,
-mode and state are checked against the cached record on *every* call.
+its cipher / deriver / signer objects and keyed HMAC / CMAC contexts in
+process memory.  The key's record is re-read from the database at most every
+``cache_ttl`` seconds (default 5), so a suspension made by another process
+takes effect within that time; usage, mode and state are checked against the
+cached record on *every* call (the verdict is kept per operation until the
+record is re-read).
 Neither logs nor exceptions ever carry key bytes.
 
 Several processes: open one store per process (SQLite WAL lets readers and
