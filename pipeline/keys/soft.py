@@ -55,7 +55,7 @@ store; only an anchor outside the database can tell (see
 
 Hot path (``derive_and_wrap``, ``translate``, ``sign`` ...): the first use of
 a :class:`KeyRef` in a process unwraps its block and caches the clear key and
-its cipher / deriver / signer objects and keyed HMAC / CMAC contexts in
+its cipher / deriver / signer objects and its keyed HMAC context in
 process memory.  The key's record is re-read from the database at most every
 ``cache_ttl`` seconds (default 5), so a suspension made by another process
 takes effect within that time; usage, mode and state are checked against the
@@ -91,16 +91,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.cmac import CMAC
-
 from pipeline.audit.trail import AuditTrail
 from pipeline.crypto import gp, rsa, sm2, tr31
 from pipeline.crypto.aead import AesGcm
-from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity, primitive
+from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
 from pipeline.crypto.emv import IccMkDeriver, validate_pan
 from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.kcv import kcv_method_for
 from pipeline.crypto.kdf import hkdf_sha256
+from pipeline.crypto.mac import cmac
 from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
 from pipeline.crypto.pin import check_pin_block_iso0, pin_block_iso0_to_iso2
 from pipeline.errors import (
@@ -2050,18 +2049,8 @@ class SoftKeyStore:
         return hmac.compare_digest(expected, mac)
 
     def _cmac(self, entry: _Loaded, info: bytes, data: bytes) -> bytes:
-        """AES-CMAC (SP 800-38B) of ``data`` under HKDF(key, "mac/" + purpose).
-
-        The CMAC context is keyed once per entry and purpose; each call
-        finishes a copy of it (a new context costs about five copies).
-        """
-        keyed: CMAC | None = entry.objects.get(("cmac", info))
-        if keyed is None:
-            keyed = CMAC(primitive(Algorithm.AES, self._derived(entry, "mac", info)))
-            entry.objects["cmac", info] = keyed
-        mac = keyed.copy()
-        mac.update(bytes(data))
-        return mac.finalize()
+        """AES-CMAC (SP 800-38B) of ``data`` under HKDF(key, "mac/" + purpose)."""
+        return cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
 
     def _purpose(self, purpose: str) -> bytes:
         """:func:`_check_purpose` once per purpose string (a store sees a handful)."""

@@ -3,12 +3,12 @@
 ``_load`` serves a call from the cached entry without re-checking when the
 record is fresh, the operation's verdict was given on it and the key is
 unwrapped; an IMK entry remembers the derive plan it served last; a PAN-token
-entry keeps its HMAC-SHA-256, a MAC key entry its AES-CMAC per purpose, keyed
-once; a checked purpose string is remembered.  Each test fails when one of
-those shortcuts loses its condition: the plan served for another TK or method,
-a keyed context updated in place or shared between purposes, the TTL or a
-suspension ignored, a non-KeyRef reaching the dict as a TypeError, a bad
-purpose let through.  Expected values come from the clear TEST
+entry keeps its HMAC-SHA-256 keyed once; a checked purpose string is
+remembered.  Each test fails when one of those shortcuts loses its condition:
+the plan served for another TK or method, a keyed context updated in place,
+the TTL or a suspension ignored, a non-KeyRef reaching the dict as a
+TypeError, a bad purpose let through.  The MAC test also holds a future keyed
+CMAC context to per-purpose, per-message answers.  Expected values come from the clear TEST
 keys with ``cryptography`` / :mod:`hmac` directly; no public vector applies.
 """
 
