@@ -146,7 +146,8 @@ def _nonce(k: bytes | None) -> int | None:
 
 
 def _encode_point(point: curve.Affine) -> bytes:
-    return int(point[0]).to_bytes(32, "big") + int(point[1]).to_bytes(32, "big")
+    # int and gmpy2.mpz both have to_bytes (no int() conversion needed)
+    return bytes(point[0].to_bytes(32, "big") + point[1].to_bytes(32, "big"))
 
 
 # --- keys -------------------------------------------------------------------------
