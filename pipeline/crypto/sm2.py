@@ -20,11 +20,15 @@ fixed-base window table for G built once per process, ~0.15 s).  Build an
 for a key that verifies every card (a fixed-base table for that key too).
 Figures: ``.venv/bin/python bench/bench_sm2.py``.
 
-Not constant time.  Python integers give no timing guarantees (their cost
-depends on the values) and the fixed-base table lookups depend on the secret
-scalar, so a co-resident attacker timing this process could learn about
-nonces and keys.  Per-card ICC keys and demo issuer keys are acceptable here;
-production issuer keys belong in an HSM (the key store's PKCS#11 path).
+Not constant time as a whole.  With the native extension (the default once
+built) [k]G for keys and nonces is constant time in C and comes back
+projectively randomised, so its variable-time inversion here learns nothing
+about k (:mod:`pipeline.crypto._sm2_curve`); the rest is Python integers and
+gmpy2 (s = (1 + d)^-1 (k - r d) mod n), whose cost depends on the values, and
+without the extension the table look-ups depend on the secret scalar too.  A
+co-resident attacker timing this process could learn about nonces and keys.
+Per-card ICC keys and demo issuer keys are acceptable here; production issuer
+keys belong in an HSM (the key store's PKCS#11 path).
 
 Example:
     >>> d = bytes.fromhex("3945208F7B2144B13F36E38AC6D39F95889393692860B51A42FB81EF4DF7C5B8")
