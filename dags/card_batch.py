@@ -24,7 +24,9 @@ the same functions):
    (killed after the manifest): that run only finishes `reconcile`; a file
    whose header (issuer id, file date, file_seq) names a delivery already
    taken in as another batch (re-sent with other bytes) is refused too
-   (`[duplicate_delivery]`, docs/INPUT.md "Deliveries"), unless `force`
+   (`[duplicate_delivery]`, docs/INPUT.md "Deliveries"), unless `force`.
+   In a sweep (`file` empty) such a refused file does not stop the others:
+   they are published, and `summary` fails the run naming it and why
 3. `plan_shards` - cut valid records into shards of `shard_size`
 4. `prepare` (mapped, pool `hsm`) - one shard per task; a process pool uses
    every core of the worker
@@ -62,9 +64,9 @@ from airflow.sdk import (
     dag,
     task,
 )
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from cardprep_airflow import dagconfig
-from cardprep_airflow.failures import fail_fast_on_permanent_errors
+from cardprep_airflow.failures import fail_fast_on_permanent_errors, file_refusal_types
 from cardprep_airflow.heap import settle_long_lived_heap
 from cardprep_airflow.hooks import KeyStoreHook
 from cardprep_airflow.inbound import resolve_inbound_file
@@ -168,6 +170,16 @@ def build(issuer: str) -> Any:
 
         @task(multiple_outputs=False)
         def verify_and_parse(path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            """Check, validate and stage one file; in a sweep, refuse a bad file, not the run.
+
+            A file named in ``file`` that fails its checks fails this task (the
+            operator asked for that file).  In a sweep (``file`` empty), a file
+            whose own content or delivery is refused (``file_refusal_types``)
+            is logged and handed on as ``{"refused": ...}``: the other files
+            are prepared and published, and ``summary`` then fails the run
+            naming it.  Anything else (configuration, key store) fails here.
+            """
+            from pipeline.errors import BatchLockedError  # noqa: PLC0415
             from pipeline.steps.parse import verify_and_parse as step  # noqa: PLC0415
 
             assert params is not None
@@ -175,8 +187,19 @@ def build(issuer: str) -> Any:
                 with fail_fast_on_permanent_errors():
                     path = resolve_inbound_file(issuer, path, KeyStoreHook().settings())
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
-                return step(issuer, path, settings, force=params["force"],
-                            stage=not params["dry_run"], store=store)  # fmt: skip
+                try:
+                    return step(issuer, path, settings, force=params["force"],
+                                stage=not params["dry_run"], store=store)  # fmt: skip
+                except BatchLockedError:
+                    raise  # another run holds the batch: retry later
+                except file_refusal_types() as exc:
+                    if params["file"]:
+                        raise
+                    reason = f"{type(exc).__name__}: {exc}"
+                    log.error("file %s refused, the sweep goes on without it: %s",
+                              os.path.basename(path), reason)  # fmt: skip
+                    return {"refused": True, "input_name": os.path.basename(path),
+                            "reason": reason}  # fmt: skip
 
         @task
         def plan_shards(
@@ -188,7 +211,7 @@ def build(issuer: str) -> Any:
             if params["dry_run"]:
                 return []
             with fail_fast_on_permanent_errors():
-                return [s for p in as_list(parsed) if not p.get("resume")
+                return [s for p in as_list(parsed) if not p.get("resume") and not p.get("refused")
                         for s in step(p, int(params["shard_size"]))]  # fmt: skip
 
         @task(
@@ -211,6 +234,9 @@ def build(issuer: str) -> Any:
             from pipeline.steps.publish import publish as step  # noqa: PLC0415
 
             assert params is not None
+            if parsed.get("refused"):
+                raise AirflowSkipException(f"file {parsed['input_name']} was refused: "
+                                           f"{parsed['reason']}")  # fmt: skip
             if params["dry_run"]:
                 raise AirflowSkipException(
                     f"dry run: batch {parsed['batch_id']} verified "
@@ -223,7 +249,8 @@ def build(issuer: str) -> Any:
             with fail_fast_on_permanent_errors(), KeyStoreHook().session() as (settings, store):
                 return step(parsed, mine, settings, force=params["force"], store=store)
 
-        @task(multiple_outputs=False)
+        # none_failed: a refused file's publish is skipped, the others' batches still reconcile
+        @task(multiple_outputs=False, trigger_rule="none_failed")
         def reconcile(published: dict[str, Any]) -> dict[str, Any]:
             from pipeline.steps.reconcile import reconcile as step  # noqa: PLC0415
 
@@ -233,16 +260,28 @@ def build(issuer: str) -> Any:
         @task(multiple_outputs=False, trigger_rule="none_failed")
         def summary(parsed: list[dict[str, Any]] | None,
                     reconciled: list[dict[str, Any]] | None) -> dict[str, Any]:  # fmt: skip
-            """One line per batch: counts and where the report is (also the run's XCom)."""
+            """One line per batch: counts and where the report is (also the run's XCom).
+
+            Fails the run when a sweep refused a file (after the others were
+            published), naming each refused file and why.
+            """
             batches = as_list(reconciled)
             for b in batches:
                 log.info("batch %s: %d in = %d prepared + %d rejected; report %s",
                          b["batch_id"], b["counts"]["in"], b["counts"]["prepared"],
                          b["counts"]["rejected"], b["report_html"])  # fmt: skip
+            files = as_list(parsed)
+            refused = [p for p in files if p.get("refused")]
             checked = [{k: p[k] for k in ("batch_id", "records", "valid", "rejected")}
-                       for p in as_list(parsed)]  # fmt: skip
+                       for p in files if not p.get("refused")]  # fmt: skip
             if not batches:
                 log.info("no batch published in this run (%d file(s) checked)", len(checked))
+            if refused:
+                raise AirflowFailException(
+                    f"{len(refused)} of {len(files)} file(s) refused "
+                    f"({len(batches)} batch(es) published in this run): "
+                    + "; ".join(f"{p['input_name']}: {p['reason']}" for p in refused)
+                )
             return {"issuer": issuer, "published": batches, "checked": checked}
 
         files = wait_for_files()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from airflow.sdk.exceptions import AirflowFailException
 
-__all__ = ["fail_fast_on_permanent_errors", "permanent_error_types"]
+__all__ = ["fail_fast_on_permanent_errors", "file_refusal_types", "permanent_error_types"]
 
 
 def permanent_error_types() -> tuple[type[Exception], ...]:
@@ -42,6 +42,19 @@ def permanent_error_types() -> tuple[type[Exception], ...]:
         errors.CapabilityError,
         errors.PreparationError,
     )
+
+
+def file_refusal_types() -> tuple[type[Exception], ...]:
+    """Errors that are one input file's own fault (a retry or another file cannot change them).
+
+    Its header, trailer, counts or hash total are wrong, it repeats a delivery
+    another batch holds, its batch is already published.  In a sweep of
+    every new file, such a file is refused and the others go on (card_batch).
+    A busy batch lock (:class:`~pipeline.errors.BatchLockedError`) is not one.
+    """
+    from pipeline import errors  # noqa: PLC0415 (parse time)
+
+    return (errors.InputFileError, errors.ReconciliationError, errors.PublishError)
 
 
 @contextmanager

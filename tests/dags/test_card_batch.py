@@ -303,3 +303,35 @@ def test_retrigger_after_a_cut_short_reconcile_only_reconciles(
     again = bag.dags["card_batch_demo"].test(run_conf={"file": cut.name})
     assert str(again.state) == "failed"  # reconciled now: refused like any published file
     assert published_events() == 1
+
+
+def test_a_refused_file_in_a_sweep_does_not_stop_the_others(
+    env: DemoEnv, bag: DagBag, first_run: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nightly sweep with a good and a broken file: the good one is published, the run
+    still fails, and it names the refused file and why (nothing is staged for it)."""
+    good, bad = env.inbound / "demo" / "sweep-good.dat", env.inbound / "demo" / "sweep-bad.dat"
+    write_sample("demo", 12, good, error_rate=0.0, seed=21, config_dir=CONFIG, file_seq=21)
+    write_sample("demo", 12, bad, error_rate=0.0, seed=22, config_dir=CONFIG, file_seq=22)
+    lines = bad.read_bytes().splitlines(keepends=True)
+    bad.write_bytes(b"".join(lines[:-1]))  # the trailer is lost in transfer
+    before = set((env.storage / "batches" / "demo").iterdir())
+    try:
+        run = bag.dags["card_batch_demo"].test(
+            run_conf={"file": "", "shard_size": SHARD, "dry_run": False, "force": False}
+        )
+        assert str(run.state) == "failed"
+        states = _task_states(run)
+        assert states[("summary", -1)][0] == "failed"
+        assert [v[0] for k, v in states.items() if k[0] == "verify_and_parse"] == ["success"] * 2
+        assert sorted(v[0] for k, v in states.items() if k[0] == "publish") == [
+            "skipped", "success"]  # fmt: skip
+        assert [v[0] for k, v in states.items() if k[0] == "reconcile"] == ["success"]
+        (new,) = set((env.storage / "batches" / "demo").iterdir()) - before
+        assert load_manifest(new / "manifest.json")["input"]["name"] == good.name
+        out = capsys.readouterr().out
+        assert "1 of 2 file(s) refused (1 batch(es) published in this run): sweep-bad.dat:" in out
+    finally:
+        for path in (good, bad):
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".expected.json").unlink(missing_ok=True)
