@@ -55,12 +55,12 @@ store; only an anchor outside the database can tell (see
 
 Hot path (``derive_and_wrap``, ``translate``, ``sign`` ...): the first use of
 a :class:`KeyRef` in a process unwraps its block and caches the clear key and
-its cipher / deriver / signer objects and its keyed HMAC context in
-process memory.  The key's record is re-read from the database at most every
-``cache_ttl`` seconds (default 5), so a suspension made by another process
-takes effect within that time; usage, mode and state are checked against the
-cached record on *every* call (the verdict is kept per operation until the
-record is re-read).
+its cipher / deriver / GP diversifier / signer objects and its keyed HMAC and
+CMAC contexts (per purpose) in process memory, all dropped with the entry.
+The key's record is re-read from the database at most every ``cache_ttl``
+seconds (default 5), so a suspension made by another process takes effect
+within that time; usage, mode and state are checked against the cached record
+on *every* call (the verdict is kept per operation until the record is re-read).
 Neither logs nor exceptions ever carry key bytes.
 
 Several processes: open one store per process (SQLite WAL lets readers and
@@ -99,7 +99,7 @@ from pipeline.crypto.emv import IccMkDeriver, validate_pan
 from pipeline.crypto.kcv import kcv as compute_kcv
 from pipeline.crypto.kcv import kcv_method_for
 from pipeline.crypto.kdf import hkdf_sha256
-from pipeline.crypto.mac import cmac
+from pipeline.crypto.mac import KeyedCmac
 from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
 from pipeline.crypto.pin import check_pin_block_iso0, pin_block_iso0_to_iso2
 from pipeline.errors import (
@@ -1917,13 +1917,21 @@ class SoftKeyStore:
             raise InvalidInputError("method", f"{method.value} is not a GP diversification")
         if tk_e.record.strength_bits < kmc_e.record.strength_bits:  # raises
             check_strength(tk_e.record, str(kmc), kmc_e.record.strength_bits, Operation.WRAP_OUTPUT)
-        assert kmc_e.key is not None
-        keys = gp.diversify_card_keys(kmc_e.key, kdd, method.value)
-        name = kmc_e.record.kcv_method
-        enc, mac, dek = (
-            WrappedKey(self._wrap_output(tk_e, k), compute_kcv(k, name), name, tk) for k in keys
-        )
+        keys = self._diversifier(kmc_e, method).diversify(kdd)
+        name, wrap = kmc_e.record.kcv_method, self._output_wrapper(tk_e)
+        enc, mac, dek = (WrappedKey(wrap(k), compute_kcv(k, name), name, tk) for k in keys)
         return enc, mac, dek
+
+    @staticmethod
+    def _diversifier(kmc_e: _Loaded, method: DerivationMethod) -> gp.CardKeyDiversifier:
+        """The KMC entry's diversifier for ``method``, keyed once and dropped with the entry."""
+        cache_key = ("gp", method)
+        diversifier: gp.CardKeyDiversifier | None = kmc_e.objects.get(cache_key)
+        if diversifier is None:
+            assert kmc_e.key is not None
+            diversifier = gp.CardKeyDiversifier(kmc_e.key, method.value)
+            kmc_e.objects[cache_key] = diversifier
+        return diversifier
 
     def translate(
         self,
@@ -2049,8 +2057,18 @@ class SoftKeyStore:
         return hmac.compare_digest(expected, mac)
 
     def _cmac(self, entry: _Loaded, info: bytes, data: bytes) -> bytes:
-        """AES-CMAC (SP 800-38B) of ``data`` under HKDF(key, "mac/" + purpose)."""
-        return cmac(Algorithm.AES, self._derived(entry, "mac", info), data)
+        """AES-CMAC (SP 800-38B) of ``data`` under HKDF(key, "mac/" + purpose).
+
+        The CMAC is keyed once per entry and purpose (:class:`KeyedCmac`, a copy
+        finished per message; the pool checks one entry MAC per delivered key)
+        and dropped with the entry, like the derived key it is keyed with.
+        """
+        cache_key = ("cmac", info)
+        keyed: KeyedCmac | None = entry.objects.get(cache_key)
+        if keyed is None:
+            keyed = KeyedCmac(Algorithm.AES, self._derived(entry, "mac", info))
+            entry.objects[cache_key] = keyed
+        return keyed.mac(data)
 
     def _purpose(self, purpose: str) -> bytes:
         """:func:`_check_purpose` once per purpose string (a store sees a handful)."""
