@@ -326,6 +326,21 @@ def _lp(value: bytes) -> bytes:
     return len(value).to_bytes(4, "big") + value
 
 
+@functools.lru_cache(maxsize=64)
+def _message_head(spec_name: str, storage: KeyRef) -> bytes:
+    """The fields an entry's MAC covers that a pool and its storage key fix (spec, key ref)."""
+    return _lp(spec_name.encode()) + _lp(str(storage).encode())
+
+
+def _message(head: bytes, public_key: bytes, exponent: bytes, parts: Sequence[bytes]) -> bytes:
+    """:func:`entry_message` from its :func:`_message_head` and the entry's own fields."""
+    out = [head, len(public_key).to_bytes(4, "big"), public_key]
+    out += (len(exponent).to_bytes(4, "big"), exponent)
+    for part in parts:
+        out += (len(part).to_bytes(4, "big"), part)
+    return b"".join(out)
+
+
 def entry_message(spec: PoolSpec, pair: IccKeyPair) -> bytes:
     """The bytes an entry's MAC covers: spec, storage key ref, public and wrapped private parts.
 
@@ -336,9 +351,8 @@ def entry_message(spec: PoolSpec, pair: IccKeyPair) -> bytes:
         >>> entry_message(PoolSpec.of("sm2", None, None), pair)[:11]
         b'\\x00\\x00\\x00\\x07sm2-256'
     """
-    fields = [spec.name.encode(), str(pair.wrapped_under).encode(), pair.public_key]
-    fields += [pair.public_exponent, *pair.private_under_tk]
-    return b"".join(_lp(f) for f in fields)
+    head = _message_head(spec.name, pair.wrapped_under)
+    return _message(head, pair.public_key, pair.public_exponent, pair.private_under_tk)
 
 
 @functools.lru_cache(maxsize=64)
@@ -349,6 +363,25 @@ def _ref(text: str) -> KeyRef:
 @functools.lru_cache(maxsize=64)
 def _lengths(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in text.split(","))
+
+
+#: A claimed entry as :class:`PoolIccSource` keeps it until delivery (no objects built):
+#: id, storage key, public key, public exponent, private parts under the storage key, MAC.
+_Claimed = tuple[int, KeyRef, bytes, bytes, tuple[bytes, ...], bytes]
+#: A source's queue of one (spec, storage label, TK): its key and its delivered pairs.
+_Queue = tuple[tuple[PoolSpec, str, KeyRef], deque[tuple[int, IccKeyPair]]]
+
+
+def _claimed(row: Sequence[Any]) -> _Claimed:
+    """One claimed row (``id, wrapped_under, public_key, public_exponent, parts,
+    part_lengths, mac``) with its private parts cut at their stored lengths."""
+    blob, offset, parts = bytes(row[4]), 0, []
+    for length in _lengths(row[5]):
+        parts.append(blob[offset : offset + length])
+        offset += length
+    if offset != len(blob):
+        raise KeyPoolError(f"pool entry {row[0]}", "private part lengths do not add up")
+    return int(row[0]), _ref(row[1]), row[2], row[3], tuple(parts), row[6]
 
 
 class KeyPool:
@@ -438,6 +471,13 @@ class KeyPool:
         Returns fewer (or none) when the pool runs low.  Safe across processes:
         the select and the update happen in one ``BEGIN IMMEDIATE`` transaction.
         """
+        return [
+            PoolEntry(c[0], spec, IccKeyPair(spec.algorithm, c[2], c[3], c[4], c[1]), c[5])
+            for c in self._claim(spec, storage, count, tag)
+        ]
+
+    def _claim(self, spec: PoolSpec, storage: str, count: int, tag: ClaimTag) -> list[_Claimed]:
+        """:meth:`claim` without the objects: what :class:`PoolIccSource` keeps until delivery."""
         if count < 1:
             raise InvalidInputError("count", f"must be >= 1, got {count}")
         with self._tx():
@@ -450,18 +490,7 @@ class KeyPool:
                 (_now(), tag.batch_id, tag.shard, tag.claimer, spec.name, storage, count),
             ).fetchall()
         rows.sort(key=lambda r: int(r[0]))
-        return [self._entry(spec, row) for row in rows]
-
-    @staticmethod
-    def _entry(spec: PoolSpec, row: Sequence[Any]) -> PoolEntry:
-        blob, offset, parts = bytes(row[4]), 0, []
-        for length in _lengths(row[5]):
-            parts.append(blob[offset : offset + length])
-            offset += length
-        if offset != len(blob):
-            raise KeyPoolError(f"pool entry {row[0]}", "private part lengths do not add up")
-        pair = IccKeyPair(spec.algorithm, row[2], row[3], tuple(parts), _ref(row[1]))
-        return PoolEntry(int(row[0]), spec, pair, row[6])
+        return [_claimed(row) for row in rows]
 
     def release(self, ids: Iterable[int], tag: ClaimTag) -> int:
         """Return entries this claimer holds and never handed out to ``free``.
@@ -620,12 +649,15 @@ class PoolIccSource:
         self.chunk, self.max_chunk, self.on_empty = chunk, max_chunk, on_empty
         self.deliver = deliver
         #: claimed, not yet checked or re-encrypted
-        self._pending: dict[tuple[PoolSpec, str, KeyRef], deque[PoolEntry]] = {}
+        self._pending: dict[tuple[PoolSpec, str, KeyRef], deque[_Claimed]] = {}
         #: delivered to the TK, not yet handed to a card
         self._ready: dict[tuple[PoolSpec, str, KeyRef], deque[tuple[int, IccKeyPair]]] = {}
         self._next: dict[tuple[PoolSpec, str, KeyRef], int] = {}
         self._dry: dict[tuple[PoolSpec, str, KeyRef], int] = {}
         self._storage: dict[KeyRef, str] = {}
+        #: the last request (the very objects passed) and its queue: a preparer asks with
+        #: the same arguments for every card, so its next call needs no validation or hashing
+        self._last: tuple[str, int | None, int | None, KeyRef, _Queue] | None = None
         self.claimed = 0
         self.handed = 0
         self.inline = 0
@@ -641,32 +673,44 @@ class PoolIccSource:
         self, algorithm: str, bits: int | None, exponent: int | None, tk: KeyRef
     ) -> IccKeyPair:
         """The next pair for ``(algorithm, bits, exponent)``, private part under ``tk``."""
-        spec = PoolSpec.of(algorithm, bits, exponent)
-        key = (spec, self._storage_label(tk), tk)
-        ready = self._ready.get(key)
+        last = self._last
+        if (  # the same objects as the last call: validated and resolved then
+            last is not None
+            and last[0] is algorithm
+            and last[1] is bits
+            and last[2] is exponent
+            and last[3] is tk
+        ):
+            key, ready = last[4]
+        else:
+            spec = PoolSpec.of(algorithm, bits, exponent)
+            key = (spec, self._storage_label(tk), tk)
+            ready = self._ready.setdefault(key, deque())
+            self._last = (algorithm, bits, exponent, tk, (key, ready))
         if not ready:
-            ready = self._next_delivery(key)
+            self._next_delivery(key, ready)
         if not ready:
             if self.on_empty is DryPolicy.FAIL:
                 raise KeyPoolEmptyError(
-                    spec.name, f"no free entry under {key[1]} and the profile says fail"
+                    key[0].name, f"no free entry under {key[1]} and the profile says fail"
                 )
             self.inline += 1
             return self.store.generate_icc_key_pair(algorithm, bits, exponent, tk)
         self.handed += 1
         return ready.popleft()[1]
 
-    def _next_delivery(self, key: tuple[PoolSpec, str, KeyRef]) -> deque[tuple[int, IccKeyPair]]:
+    def _next_delivery(
+        self, key: tuple[PoolSpec, str, KeyRef], ready: deque[tuple[int, IccKeyPair]]
+    ) -> None:
         """Deliver the next ``deliver`` claimed entries to the TK, claiming first if none left."""
-        ready = self._ready.setdefault(key, deque())
         pending = self._pending.setdefault(key, deque())
         if not pending:
             self._refill(key, pending)
         batch = [pending.popleft() for _ in range(min(self.deliver, len(pending)))]
-        ready.extend(self._deliver(batch, key[2]))
-        return ready
+        if batch:
+            ready.extend(self._deliver(batch, key[0], key[2]))
 
-    def _refill(self, key: tuple[PoolSpec, str, KeyRef], pending: deque[PoolEntry]) -> None:
+    def _refill(self, key: tuple[PoolSpec, str, KeyRef], pending: deque[_Claimed]) -> None:
         """Claim the next chunk (doubling each time up to ``max_chunk``) into ``pending``.
 
         After the pool ran dry it is asked again only every ``chunk`` cards.
@@ -676,49 +720,57 @@ class PoolIccSource:
             self._dry[key] = wait_cards - 1
             return
         size = self._next.get(key, self.chunk)
-        entries = self.pool.claim(key[0], key[1], size, self.tag)
+        entries = self.pool._claim(key[0], key[1], size, self.tag)
         self.claimed += len(entries)
         self._next[key] = min(self.max_chunk, size * 2)
         if len(entries) < size:
             self._dry[key] = self.chunk
         pending.extend(entries)
 
-    def _deliver(self, entries: Sequence[PoolEntry], tk: KeyRef) -> list[tuple[int, IccKeyPair]]:
+    def _deliver(
+        self, entries: Sequence[_Claimed], spec: PoolSpec, tk: KeyRef
+    ) -> list[tuple[int, IccKeyPair]]:
         """Check each entry's MAC, then re-encrypt all private parts to ``tk`` in one call.
 
         ECB is block by block, so translating the concatenation and cutting it at
         the same offsets equals translating each part (pool key and TK share the
-        algorithm, hence the block size).
+        algorithm, hence the block size).  Every entry's MAC is checked before any
+        of them is translated.
         """
-        out: list[tuple[int, IccKeyPair]] = []
-        by_key: dict[KeyRef, list[PoolEntry]] = {}
+        verify, name = self.store.verify_mac, spec.name
+        by_key: dict[KeyRef, list[_Claimed]] = {}
+        last: KeyRef | None = None  # entries share their storage key object (_ref): no hashing
+        head, group = b"", []
         for entry in entries:
-            pair = entry.pair
-            if not self.store.verify_mac(
-                pair.wrapped_under, entry_message(entry.spec, pair), entry.mac, MAC_PURPOSE
-            ):
-                raise KeyPoolError(f"pool entry {entry.id}", "MAC does not verify (edited pool?)")
-            by_key.setdefault(pair.wrapped_under, []).append(entry)
+            entry_id, storage, public_key, exponent, parts, mac = entry
+            if storage is not last:
+                head, group = _message_head(name, storage), by_key.setdefault(storage, [])
+                last = storage
+            if not verify(storage, _message(head, public_key, exponent, parts), mac, MAC_PURPOSE):
+                raise KeyPoolError(f"pool entry {entry_id}", "MAC does not verify (edited pool?)")
+            group.append(entry)
+        out: list[tuple[int, IccKeyPair]] = []
+        algorithm = spec.algorithm
         for storage, group in by_key.items():
-            blob = b"".join(p for e in group for p in e.pair.private_under_tk)
+            blob = b"".join([p for e in group for p in e[4]])
             moved, offset = self.store.translate(blob, storage, tk), 0
-            for entry in group:
-                pair, parts = entry.pair, []
-                for part in pair.private_under_tk:
-                    parts.append(moved[offset : offset + len(part)])
-                    offset += len(part)
-                delivered = IccKeyPair(
-                    pair.algorithm, pair.public_key, pair.public_exponent, tuple(parts), tk
-                )
-                out.append((entry.id, delivered))
+            for entry_id, _, public_key, exponent, parts, _ in group:
+                delivered = []
+                for part in parts:
+                    end = offset + len(part)
+                    delivered.append(moved[offset:end])
+                    offset = end
+                pair = IccKeyPair(algorithm, public_key, exponent, tuple(delivered), tk)
+                out.append((entry_id, pair))
         return out
 
     def close(self) -> int:
         """Release the claimed entries never handed out (delivered or not); returns how many."""
         ids = [entry_id for q in self._ready.values() for entry_id, _ in q]
-        ids += [entry.id for q in self._pending.values() for entry in q]
+        ids += [entry[0] for q in self._pending.values() for entry in q]
         self._ready.clear()
         self._pending.clear()
+        self._last = None  # its queue was one of those cleared
         return self.pool.release(ids, self.tag)
 
     def stats(self) -> dict[str, int]:
