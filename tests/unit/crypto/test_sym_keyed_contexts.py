@@ -136,3 +136,18 @@ def test_kcv_method_as_enum_or_string_and_several_keys_in_a_row(method: KcvMetho
         key = bytes((i * 31 + j) & 0xFF for j in range(16))
         expected = BlockCipher(algorithm, key).encrypt_ecb(block)[:3]
         assert kcv(key, method) == kcv(key, method.value) == expected
+
+
+@pytest.mark.parametrize("method", ["emv", "visa2"])
+def test_emv_cps_blocks_by_their_formula_even_for_kdd_bytes_like_a_format(method: str) -> None:
+    """EMV CPS v1.1 3.2.3: K = 3DES-ECB(KMC)[six || F0 || kk || six || 0F || kk]; the KDD
+    here holds '%' and 's' bytes (the diversifier fills a bytes template with them)."""
+    kmc = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
+    kdd = b"%s%%%s%d%b%%"[:10]
+    six = kdd[4:10] if method == "emv" else kdd[0:2] + kdd[4:8]
+    tdes = BlockCipher(Algorithm.TDES, kmc)
+    expected = tuple(
+        tdes.encrypt_ecb(six + bytes([0xF0, kk]) + six + bytes([0x0F, kk])) for kk in (1, 2, 3)
+    )
+    assert CardKeyDiversifier(kmc, method).diversify(kdd) == expected
+    assert diversify_card_keys(kmc, kdd, method) == expected
