@@ -6,7 +6,10 @@ verify/parse -> plan -> prepare each shard -> publish -> reconcile.  The
 shards share one process pool (:class:`~pipeline.steps.prepare.WorkerPool`),
 not one per shard; it starts before the file is parsed, so fork and each
 worker's tables (:meth:`~pipeline.steps.prepare.WorkerPool.warm`) overlap the
-parse.  A second run of the same file while this one holds the lock waits
+parse.  On more than one worker the workers prepare the first staged segments
+while the parent stages the rest (:mod:`pipeline.steps.stream`); the shards,
+parts and everything published are those of the step-by-step path.  A second
+run of the same file while this one holds the lock waits
 ``batch.lock_wait`` seconds, then refuses with
 :class:`~pipeline.errors.BatchLockedError`; after it, the batch is published
 and a re-run is refused (:class:`~pipeline.errors.PublishError`) unless
@@ -51,6 +54,7 @@ from pipeline.steps.plan import plan_shards
 from pipeline.steps.prepare import WorkerPool, prepare_shard
 from pipeline.steps.publish import publish
 from pipeline.steps.reconcile import is_unreconciled, parse_counts, reconcile
+from pipeline.steps.stream import stream_batch
 
 __all__ = ["run_batch"]
 
@@ -107,14 +111,20 @@ def run_batch(
         with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
             # fork and per-worker tables overlap the parse (issue 7, run F)
             pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
-            parsed = verify_and_parse(issuer, path, settings, batch_date, force=force, store=ks)
-            shards = plan_shards(parsed, size)
-            log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(shards), size)
-            results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
-                       for shard in shards]  # fmt: skip
+            results: list[dict[str, Any]] | None = None
+            if pool.workers > 1:  # the workers prepare while the rest is staged (issue 7)
+                parsed, results = stream_batch(issuer, path, settings, batch_date, force=force,
+                                               store=ks, pool=pool, shard_size=size)  # fmt: skip
+            else:
+                parsed = verify_and_parse(issuer, path, settings, batch_date, force=force,
+                                          store=ks)  # fmt: skip
+            if results is None:
+                results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
+                           for shard in plan_shards(parsed, size)]  # fmt: skip
+            log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(results), size)
         published = publish(parsed, results, settings, force=force, store=ks)
         summary = reconcile(published, settings, store=ks)
-    summary["shards"] = len(shards)
+    summary["shards"] = len(results)
     summary["records"] = parsed["records"]
     summary["valid"] = parsed["valid"]
     summary["seconds"] = round(time.monotonic() - started, 3)

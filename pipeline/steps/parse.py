@@ -38,8 +38,9 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Generator
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,12 @@ from pipeline.steps.reconcile import is_unreconciled, unreconciled_summary
 
 __all__ = [
     "PARSED_FORMAT",
+    "StagedProgress",
+    "available_products",
     "check_delivery",
     "check_header_issuer",
     "refuse_or_supersede",
+    "staged_parse",
     "verify_and_parse",
 ]
 
@@ -152,7 +156,8 @@ def _resume(paths: BatchPaths, sha256: str) -> dict[str, Any] | None:
     return state
 
 
-def _available_products(products: frozenset[str], config_dir: Path) -> list[str]:
+def available_products(products: frozenset[str], config_dir: Path) -> list[str]:
+    """The issuer's products that have a profile in ``config_dir``, sorted (a batch's products)."""
     return sorted(p for p in products if product_path(p, config_dir).exists())
 
 
@@ -292,6 +297,22 @@ def check_delivery(
     return delivery
 
 
+@dataclass(frozen=True, slots=True)
+class StagedProgress:
+    """What :func:`staged_parse` yields after each sealed segment it writes.
+
+    ``staged``: valid records staged so far (segment ``k`` holds the valid
+    records ``[k x segment_size, (k + 1) x segment_size)``); ``records``: the
+    records the file's trailer announces (verified before the first yield),
+    an upper bound of the valid records to come; ``input_sha256``: the file's
+    SHA-256 as verified (the batch id and directory come from it).
+    """
+
+    staged: int
+    records: int
+    input_sha256: str
+
+
 def verify_and_parse(
     issuer: str,
     path: str | Path,
@@ -305,6 +326,41 @@ def verify_and_parse(
     """Verify, validate and stage one issuer file (see the module docstring).
 
     ``stage=False`` (dry run) validates and counts without writing anything.
+    """
+    steps = staged_parse(issuer, path, settings, batch_date, force=force, stage=stage, store=store)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return dict(done.value)
+
+
+def staged_parse(
+    issuer: str,
+    path: str | Path,
+    settings: Settings,
+    batch_date: date | None = None,
+    *,
+    force: bool = False,
+    stage: bool = True,
+    store: KeyStore | None = None,
+) -> Generator[StagedProgress, None, dict[str, Any]]:
+    """:func:`verify_and_parse` one staged segment at a time.
+
+    Yields a :class:`StagedProgress` after each sealed segment is written
+    (segment ``k`` holds the valid records ``[k x segment_size, (k + 1) x
+    segment_size)``, so once ``staged`` passes a segment's end it can be
+    read), and returns the result dict.  The file is
+    verified (header, trailer, hash total) and the delivery checked before the
+    first yield; a resumed or unreconciled batch returns without one.  The
+    batch lock and the store stay held until the generator finishes or is
+    closed.  ``cardprep run`` prepares the first segments while the rest are
+    parsed (:mod:`pipeline.steps.stream`).
+
+    Example:
+        >>> steps = staged_parse("demo", "inbound/demo/x.dat", settings)  # doctest: +SKIP
+        >>> next(steps)                                                    # doctest: +SKIP
+        StagedProgress(staged=1000, records=12000, input_sha256='5f0c...')
     """
     started = time.monotonic()
     bs = batch_settings(settings)
@@ -324,7 +380,8 @@ def verify_and_parse(
     if not stage:
         delivery = check_delivery(cfg, summary, source, paths, force=force, store=None, bs=bs,
                                   claim=False)  # fmt: skip
-        return _parse(cfg, source, summary, layout, day, bs, paths, None, started, delivery)
+        return (yield from _parse(cfg, source, summary, layout, day, bs, paths, None, started,
+                                  delivery))  # fmt: skip
     # discard_unused: a run refused here leaves no batch directory holding only .lock
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
                         discard_unused=True), \
@@ -341,7 +398,8 @@ def verify_and_parse(
             if resumed is not None:
                 log.info("batch %s: staging complete from an earlier run; resumed", batch_id)
                 return resumed
-        return _parse(cfg, source, summary, layout, day, bs, paths, ks, started, delivery)
+        return (yield from _parse(cfg, source, summary, layout, day, bs, paths, ks, started,
+                                  delivery))  # fmt: skip
 
 
 def _parse(  # noqa: PLR0917 (internal)
@@ -355,8 +413,9 @@ def _parse(  # noqa: PLR0917 (internal)
     store: KeyStore | None,
     started: float,
     delivery: Delivery | None,
-) -> dict[str, Any]:
-    products = _available_products(cfg.products, bs.config_dir)
+) -> Generator[StagedProgress, None, dict[str, Any]]:
+    """Validate and stage (see :func:`staged_parse`: a yield per staged segment)."""
+    products = available_products(cfg.products, bs.config_dir)
     validator = Validator(cfg, layout, day, products=products)
     data_key = store.active(bs.data_key) if store is not None else None
     valid_per_product: Counter[str] = Counter()
@@ -393,12 +452,17 @@ def _parse(  # noqa: PLR0917 (internal)
                 buffer.append(result)
                 if len(buffer) >= bs.segment_size:
                     flush()
+                    if store is not None:
+                        yield StagedProgress(valid, summary.record_count, summary.sha256)
                 continue
             rejected_per_product[result.product or NO_PRODUCT] += 1
             reasons[result.reason.code] += 1
             if writer is not None:
                 writer.add(reject_row(result, "validate"))
-        flush()
+        if buffer:
+            flush()
+            if store is not None:
+                yield StagedProgress(valid, summary.record_count, summary.sha256)
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)

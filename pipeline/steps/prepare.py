@@ -69,9 +69,15 @@ from pipeline.keys.store import KeyStore
 from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
 from pipeline.profiles.loader import load_product
 from pipeline.profiles.model import IccKeyAlgorithm, IccKeySource
-from pipeline.records.issuers import load_issuer
+from pipeline.records.issuers import IssuerConfig, load_issuer
 from pipeline.records.layout import Layout, SecretPadding, load_layout
-from pipeline.steps.context import batch_paths, batch_settings, default_workers, opened_store
+from pipeline.steps.context import (
+    BatchSettings,
+    batch_paths,
+    batch_settings,
+    default_workers,
+    opened_store,
+)
 from pipeline.steps.keypool import begin_shard, dry_policy, settle_shard, shard_icc_source
 
 __all__ = [
@@ -80,6 +86,7 @@ __all__ = [
     "WorkerSpec",
     "chunk_records",
     "prepare_shard",
+    "prepare_streamed_shard",
     "resolve_keys",
 ]
 
@@ -545,11 +552,7 @@ def prepare_shard(
     process (``cardprep run``); without it a shard on several workers starts
     and stops a pool of its own (Airflow's mapped tasks).
     """
-    bs = batch_settings(settings)
-    cfg = load_issuer(shard["issuer"], bs.config_dir)
-    bs = bs.for_bureau(cfg.bureau)
-    paths = batch_paths(shard["batch_dir"])
-    index = int(shard["index"])
+    bs, cfg, paths, index = _shard_setup(shard, settings)
     n_workers = min(
         pool.workers if pool is not None else default_workers(workers, bs),
         max(1, int(shard["count"])),
@@ -569,6 +572,47 @@ def prepare_shard(
             )
 
 
+def _shard_setup(
+    shard: dict[str, Any], settings: Settings
+) -> tuple[BatchSettings, IssuerConfig, BatchPaths, int]:
+    """The batch settings (for the issuer's bureau), issuer, batch paths and index of ``shard``."""
+    bs = batch_settings(settings)
+    cfg = load_issuer(shard["issuer"], bs.config_dir)
+    return bs.for_bureau(cfg.bureau), cfg, batch_paths(shard["batch_dir"]), int(shard["index"])
+
+
+def prepare_streamed_shard(
+    shard: dict[str, Any],
+    settings: Settings,
+    *,
+    store: KeyStore,
+    pool: WorkerPool,
+    chunks: Iterator[bytes],
+    chunk: int,
+) -> dict[str, Any]:
+    """Prepare a shard whose records are still being staged (:mod:`pipeline.steps.stream`).
+
+    ``chunks`` yields the shard's records as they are staged and, when it is
+    exhausted, has set the shard's ``end``, ``count`` and ``segments``; they
+    are read only after the last chunk.  The same lock, ICC key pool
+    bookkeeping, part and result as :func:`prepare_shard`; no resume check
+    (a streamed batch has no earlier part: the caller makes sure).
+
+    Example:
+        >>> prepare_streamed_shard(shard, settings, store=ks, pool=pool,      # doctest: +SKIP
+        ...                        chunks=staged_chunks, chunk=256)["prepared"]
+        12000
+    """
+    bs, cfg, paths, index = _shard_setup(shard, settings)
+    what = f"shard {index} of batch {paths.batch_id}"
+    with exclusive_lock(paths.part_lock(index), what, wait=bs.shard_lock_wait):
+        checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
+        return _prepare(
+            shard, settings, bs, (cfg.kek, checks), paths, store, (pool.workers, chunk), pool,
+            chunks=chunks,
+        )  # fmt: skip
+
+
 def _prepare(  # noqa: PLR0917 (internal)
     shard: dict[str, Any],
     settings: Settings,
@@ -578,7 +622,14 @@ def _prepare(  # noqa: PLR0917 (internal)
     store: KeyStore,
     workers_and_chunk: tuple[int, int],
     shared_pool: WorkerPool | None = None,
+    *,
+    chunks: Iterator[bytes] | None = None,
 ) -> dict[str, Any]:
+    """Prepare ``shard``'s staged records (or ``chunks``); the part and the result dict.
+
+    The shard's ``count`` and ``end`` are read only once every chunk is
+    prepared (a streamed shard learns them from its last chunk).
+    """
     started = time.monotonic()
     n_workers, chunk = workers_and_chunk
     kek, secret_checks = kek_and_checks
@@ -603,7 +654,8 @@ def _prepare(  # noqa: PLR0917 (internal)
     )
     begin_shard(settings, paths.batch_id, index)  # burn what a crashed run of it claimed
     icc_hashes: list[str] = []
-    chunks = _chunks(store, paths, shard, chunk)
+    if chunks is None:
+        chunks = _chunks(store, paths, shard, chunk)
     inline: ShardWorker | None = None
     own_pool: WorkerPool | None = None
     if n_workers == 1:
