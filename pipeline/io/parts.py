@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -128,8 +128,10 @@ def read_part_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def iter_part_batches(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, list[Any]]]:
-    """Stream a part as column dicts of at most ``batch_rows`` rows.
+def iter_part_batches(
+    path: Path, batch_rows: int = 1024, columns: Sequence[str] | None = None
+) -> Iterator[dict[str, list[Any]]]:
+    """Stream a part as column dicts of at most ``batch_rows`` rows (only ``columns`` if given).
 
     Read memory-mapped and decoded on the calling thread: publish and verify
     run it in a serial step, and on two shared cores Arrow's reader threads
@@ -139,5 +141,6 @@ def iter_part_batches(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, 
     never rewritten in place, so the mapping cannot shrink under the reader.
     """
     parquet = pq.ParquetFile(path, memory_map=True)
-    for batch in parquet.iter_batches(batch_size=batch_rows, use_threads=False):
+    wanted = list(columns) if columns is not None else None
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
         yield batch.to_pydict()

@@ -67,6 +67,9 @@ __all__ = ["find_ca_key", "publish", "reconcile_lines"]
 
 log = logging.getLogger(__name__)
 
+#: the part columns a bureau file's D records are made of (not the PAN token, KCVs ...)
+_BUREAU_COLUMNS = ("line_no", "product", "masked_pan", "dgi_ids", "dgi_encrypted", "card_data")
+
 
 def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -456,7 +459,7 @@ def _write_outputs(  # noqa: PLR0917 (internal)
     tk_of = {product: p["keys"]["tk"] for product, p in products.items()}
     with BureauFileWriter(paths.bureau_file, header) as writer:
         for r in ordered:
-            for cols in iter_part_batches(paths.part(int(r["index"]))):
+            for cols in iter_part_batches(paths.part(int(r["index"])), columns=_BUREAU_COLUMNS):
                 writer.write_many(
                     (int(line_no), product, masked, tk_of[product],
                      tuple(zip(ids, flags, strict=True)), sealed)

@@ -128,3 +128,20 @@ _ROWS = [
     }
     for i in range(30)
 ]
+
+
+def test_only_the_columns_asked_for(tmp_path: Path) -> None:
+    """publish reads only the columns a bureau record is made of, in the order asked."""
+    path = tmp_path / "part-00000.parquet"
+    items = [
+        {"batch_id": "00ab12cd34ef5678", "line_no": n, "product": "demo-pboc-sm2",
+         "masked_pan": "623456*********0017", "pan_token": "ab", "dgi_ids": [0x101, n],
+         "card_data": bytes([n]) * n, "kcvs": "{}", "icc_pk_sha256": "ab" * 32}
+        for n in range(2, 12)
+    ]  # fmt: skip
+    _write(path, items)
+    wanted = ["card_data", "line_no"]
+    batches = list(iter_part_batches(path, 3, columns=wanted))
+    assert all(list(b) == wanted for b in batches)
+    assert [x for b in batches for x in b["line_no"]] == [i["line_no"] for i in items]
+    assert [x for b in batches for x in b["card_data"]] == [i["card_data"] for i in items]
