@@ -37,17 +37,19 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputFileCheckError
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import load_manifest
-from pipeline.io.paths import batch_id_for, sha256_file
+from pipeline.io.paths import batch_id_for
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.records.issuers import load_issuer
+from pipeline.records.layout import load_layout
+from pipeline.records.parse import FileSummary, verify_file
 from pipeline.steps.context import batch_settings, default_workers, opened_store
 from pipeline.steps.parse import verify_and_parse
 from pipeline.steps.plan import plan_shards
@@ -96,53 +98,69 @@ def run_batch(
             "shards": len(shards),
         }
     cfg = load_issuer(issuer, bs.config_dir)
-    batch_id = _batch_id_of(path)
-    paths = bs.paths(cfg.id, batch_id)
-    # discard_unused: a file refused before anything is written (wrong issuer,
-    # bad trailer, a re-sent delivery...) leaves no batch directory holding only .lock
-    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
-                        discard_unused=True), \
-            opened_store(settings, store) as ks:  # fmt: skip
-        if not force and is_unreconciled(paths):
-            log.warning("batch %s is published but its reconcile step did not finish "
-                        "(killed?): finishing it, nothing is prepared again", batch_id)  # fmt: skip
-            summary = reconcile({"batch_dir": str(paths.base)}, settings, store=ks)
-            return _resumed(summary, paths.manifest, started)
-        with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
-            # fork and per-worker tables overlap the parse (issue 7, run F)
-            pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
-            results: list[dict[str, Any]] | None = None
-            if pool.workers > 1:  # the workers prepare while the rest is staged (issue 7)
-                parsed, results = stream_batch(issuer, path, settings, batch_date, force=force,
-                                               store=ks, pool=pool, shard_size=size)  # fmt: skip
-            else:
-                parsed = verify_and_parse(issuer, path, settings, batch_date, force=force,
-                                          store=ks)  # fmt: skip
-            if results is None:
-                results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
-                           for shard in plan_shards(parsed, size)]  # fmt: skip
-            log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(results), size)
-        published = publish(parsed, results, settings, force=force, store=ks)
-        summary = reconcile(published, settings, store=ks)
+    layout = load_layout(cfg.layout, bs.config_dir)
+    # The file's one verification pass (header, trailer, hash total, SHA-256:
+    # the batch id) runs while the key store opens: a passphrase store's
+    # scrypt (~0.1 s) releases the GIL (issue 7).
+    with ThreadPoolExecutor(1, thread_name_prefix="verify") as checker:
+        verifying = checker.submit(verify_file, Path(path), layout)
+        with opened_store(settings, store) as ks:
+            verified = verifying.result()
+            batch_id = batch_id_for(verified.sha256)
+            paths = bs.paths(cfg.id, batch_id)
+            # discard_unused: a file refused before anything is written (wrong issuer,
+            # bad trailer, a re-sent delivery...) leaves no batch directory holding only .lock
+            with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
+                                discard_unused=True):  # fmt: skip
+                return _run_locked(issuer, path, settings, batch_date, force=force, store=ks,
+                                   verified=verified, workers=workers, size=size,
+                                   started=started)  # fmt: skip
+
+
+def _run_locked(
+    issuer: str,
+    path: str | Path,
+    settings: Settings,
+    batch_date: date | None,
+    *,
+    force: bool,
+    store: KeyStore,
+    verified: FileSummary,
+    workers: int | None,
+    size: int,
+    started: float,
+) -> dict[str, Any]:
+    """:func:`run_batch` under the batch lock, with the store open and the file verified."""
+    bs = batch_settings(settings)
+    cfg = load_issuer(issuer, bs.config_dir)
+    paths = bs.paths(cfg.id, batch_id_for(verified.sha256))
+    if not force and is_unreconciled(paths):
+        log.warning("batch %s is published but its reconcile step did not finish (killed?): "
+                    "finishing it, nothing is prepared again", paths.batch_id)  # fmt: skip
+        summary = reconcile({"batch_dir": str(paths.base)}, settings, store=store)
+        return _resumed(summary, paths.manifest, started)
+    with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
+        # fork and per-worker tables overlap the parse (issue 7, run F)
+        pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
+        results: list[dict[str, Any]] | None = None
+        if pool.workers > 1:  # the workers prepare while the rest is staged (issue 7)
+            parsed, results = stream_batch(issuer, path, settings, batch_date, force=force,
+                                           store=store, pool=pool, shard_size=size,
+                                           verified=verified)  # fmt: skip
+        else:
+            parsed = verify_and_parse(issuer, path, settings, batch_date, force=force,
+                                      store=store, verified=verified)  # fmt: skip
+        if results is None:
+            results = [prepare_shard(shard, settings, workers, store=store, pool=pool)
+                       for shard in plan_shards(parsed, size)]  # fmt: skip
+        log.info("batch %s: %d shard(s) of up to %d records", paths.batch_id, len(results), size)
+    published = publish(parsed, results, settings, force=force, store=store)
+    summary = reconcile(published, settings, store=store)
     summary["shards"] = len(results)
     summary["records"] = parsed["records"]
     summary["valid"] = parsed["valid"]
     summary["seconds"] = round(time.monotonic() - started, 3)
     return summary
-
-
-def _batch_id_of(path: str | Path) -> str:
-    """The batch id of the input file ``path``; an unreadable file is an input-file ``read`` error.
-
-    Example:
-        >>> _batch_id_of("/no/such/file.dat")
-        Traceback (most recent call last):
-        pipeline.errors.InputFileCheckError: /no/such/file.dat [read]: cannot open: No such ...
-    """
-    try:
-        return batch_id_for(sha256_file(Path(path)))
-    except OSError as exc:
-        raise InputFileCheckError(str(path), "read", f"cannot open: {exc.strerror}") from None
 
 
 def _resumed(summary: dict[str, Any], manifest_path: Path, started: float) -> dict[str, Any]:

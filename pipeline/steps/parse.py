@@ -322,12 +322,19 @@ def verify_and_parse(
     force: bool = False,
     stage: bool = True,
     store: KeyStore | None = None,
+    verified: FileSummary | None = None,
 ) -> dict[str, Any]:
     """Verify, validate and stage one issuer file (see the module docstring).
 
     ``stage=False`` (dry run) validates and counts without writing anything.
+    ``verified``: this file's :func:`~pipeline.records.parse.verify_file`
+    result when the caller has just run it (``cardprep run`` does, while the
+    key store opens); the file is then not verified a second time.
     """
-    steps = staged_parse(issuer, path, settings, batch_date, force=force, stage=stage, store=store)
+    steps = staged_parse(
+        issuer, path, settings, batch_date, force=force, stage=stage, store=store,
+        verified=verified,
+    )  # fmt: skip
     while True:
         try:
             next(steps)
@@ -344,6 +351,7 @@ def staged_parse(
     force: bool = False,
     stage: bool = True,
     store: KeyStore | None = None,
+    verified: FileSummary | None = None,
 ) -> Generator[StagedProgress, None, dict[str, Any]]:
     """:func:`verify_and_parse` one staged segment at a time.
 
@@ -368,7 +376,7 @@ def staged_parse(
     bs = bs.for_bureau(cfg.bureau)
     layout = load_layout(cfg.layout, bs.config_dir)
     source = Path(path)
-    summary = verify_file(source, layout)
+    summary = verified if verified is not None else verify_file(source, layout)
     check_header_issuer(cfg, summary, source)
     batch_id = batch_id_for(summary.sha256)
     paths = bs.paths(cfg.id, batch_id)

@@ -47,6 +47,7 @@ from pipeline.io.staging import read_segment, table_to_ipc
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.records.issuers import load_issuer
+from pipeline.records.parse import FileSummary
 from pipeline.steps.context import batch_settings
 from pipeline.steps.parse import StagedProgress, available_products, staged_parse
 from pipeline.steps.plan import plan_shards
@@ -145,17 +146,23 @@ def stream_batch(
     store: KeyStore,
     pool: WorkerPool,
     shard_size: int,
+    verified: FileSummary | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
     """Parse and prepare ``path`` overlapped (module docstring): (parsed, shard results).
 
     The results are None when the batch must take the step-by-step path
     (resumed, a part from an earlier run, nothing valid); the parse has then
-    ended and ``parsed`` is its result.
+    ended and ``parsed`` is its result.  ``verified``: as for
+    :func:`~pipeline.steps.parse.verify_and_parse`.
     """
     bs = batch_settings(settings)
     cfg = load_issuer(issuer, bs.config_dir)
     bs = bs.for_bureau(cfg.bureau)
-    feed = StagedFeed(staged_parse(issuer, path, settings, batch_date, force=force, store=store))
+    feed = StagedFeed(
+        staged_parse(
+            issuer, path, settings, batch_date, force=force, store=store, verified=verified
+        )
+    )
     try:
         feed.advance()  # verification and the delivery check, then the first segment
         if feed.done:
