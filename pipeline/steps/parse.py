@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections import Counter
 from collections.abc import Generator
@@ -305,12 +306,14 @@ class StagedProgress:
     records ``[k x segment_size, (k + 1) x segment_size)``); ``records``: the
     records the file's trailer announces (verified before the first yield),
     an upper bound of the valid records to come; ``input_sha256``: the file's
-    SHA-256 as verified (the batch id and directory come from it).
+    SHA-256 as verified (the batch id and directory come from it);
+    ``staging_id``: this parse's identity (the result's ``staging_id``).
     """
 
     staged: int
     records: int
     input_sha256: str
+    staging_id: str
 
 
 def verify_and_parse(
@@ -368,7 +371,7 @@ def staged_parse(
     Example:
         >>> steps = staged_parse("demo", "inbound/demo/x.dat", settings)  # doctest: +SKIP
         >>> next(steps)                                                    # doctest: +SKIP
-        StagedProgress(staged=1000, records=12000, input_sha256='5f0c...')
+        StagedProgress(staged=1000, records=12000, input_sha256='5f0c...', staging_id='9a1e...')
     """
     started = time.monotonic()
     bs = batch_settings(settings)
@@ -432,6 +435,13 @@ def _parse(  # noqa: PLR0917 (internal)
     buffer: list[CardRecord] = []
     segments = 0
     valid = records = 0
+    # This parse's identity: every shard planned from it and every part prepared
+    # from its segments carry it, so a part is resumed only by the parse that
+    # staged its records (a re-parse, e.g. with another batch date, may stage others)
+    staging_id = secrets.token_hex(8) if store is not None else None  # a dry run stages nothing
+
+    def progress(staged: int) -> StagedProgress:
+        return StagedProgress(staged, summary.record_count, summary.sha256, staging_id or "")
 
     def flush() -> None:
         nonlocal segments, buffer
@@ -461,7 +471,7 @@ def _parse(  # noqa: PLR0917 (internal)
                 if len(buffer) >= bs.segment_size:
                     flush()
                     if store is not None:
-                        yield StagedProgress(valid, summary.record_count, summary.sha256)
+                        yield progress(valid)
                 continue
             rejected_per_product[result.product or NO_PRODUCT] += 1
             reasons[result.reason.code] += 1
@@ -470,7 +480,7 @@ def _parse(  # noqa: PLR0917 (internal)
         if buffer:
             flush()
             if store is not None:
-                yield StagedProgress(valid, summary.record_count, summary.sha256)
+                yield progress(valid)
     except BaseException as exc:
         if writer is not None:
             writer.__exit__(type(exc), exc, exc.__traceback__)
@@ -509,6 +519,7 @@ def _parse(  # noqa: PLR0917 (internal)
         "products": products,
         "segment_size": bs.segment_size,
         "segments": segments,
+        "staging_id": staging_id,
         "parse_rejects": str(paths.parse_rejects),
         "staged": store is not None,
         "seconds": round(time.monotonic() - started, 3),

@@ -38,6 +38,8 @@ def plan_shards(parsed: dict[str, Any], shard_size: int) -> list[dict[str, Any]]
                 "issuer": parsed["issuer"],
                 "batch_dir": parsed["batch_dir"],
                 "input_sha256": parsed["input_sha256"],
+                # the parse that staged these records (None: staged before it had one)
+                "staging_id": parsed.get("staging_id"),
                 "products": list(parsed["products"]),
                 "index": index,
                 "start": start,

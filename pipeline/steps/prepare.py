@@ -514,7 +514,7 @@ def _completed(paths: BatchPaths, shard: dict[str, Any]) -> dict[str, Any] | Non
         meta = read_part_metadata(part)
     except VerificationError:
         return None
-    plan = ("batch_id", "input_sha256", "index", "start", "end")
+    plan = ("batch_id", "input_sha256", "staging_id", "index", "start", "end")
     if any(meta.get(k) != shard.get(k) for k in plan):
         return None
     if meta.get("rejects_sha256") != sha256_file(rejects):
@@ -718,6 +718,7 @@ def _prepare(  # noqa: PLR0917 (internal)
         part.metadata = {
             "batch_id": paths.batch_id,
             "input_sha256": shard["input_sha256"],
+            "staging_id": shard.get("staging_id"),
             "index": index,
             "start": int(shard["start"]),
             "end": int(shard["end"]),

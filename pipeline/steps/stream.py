@@ -71,6 +71,7 @@ class StagedFeed:
     staged: int = 0
     records: int = 0
     input_sha256: str = ""
+    staging_id: str = ""
     parsed: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -87,7 +88,7 @@ class StagedFeed:
             self.staged = int(self.parsed.get("valid", self.staged))
         else:
             self.staged, self.records = progress.staged, progress.records
-            self.input_sha256 = progress.input_sha256
+            self.input_sha256, self.staging_id = progress.input_sha256, progress.staging_id
 
     def until(self, staged: int) -> int:
         """Advance until ``staged`` valid records are staged or the parse ends; the count."""
@@ -182,7 +183,7 @@ def stream_batch(
             return feed.finish(), None
         base = {
             "batch_id": paths.batch_id, "issuer": cfg.id, "batch_dir": str(paths.base),
-            "input_sha256": feed.input_sha256,
+            "input_sha256": feed.input_sha256, "staging_id": feed.staging_id,
             "products": available_products(cfg.products, bs.config_dir),
             "segment_size": bs.segment_size,
         }  # fmt: skip

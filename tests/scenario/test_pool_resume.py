@@ -88,9 +88,15 @@ def test_resumed_shard_settles_its_claimed_pool_entries(
 
 
 def _shard_of(settings: Any, path: Path, store: Any) -> dict[str, Any]:
-    """The plan of the batch's only shard (as run_batch built it), without staging anything."""
+    """The plan of the batch's only shard (as run_batch built it), without staging anything.
+
+    A plan names the parse that staged its records (``staging_id``): the
+    committed part's, as run_batch's plan did.
+    """
+    from pipeline.io.parts import read_part_metadata  # noqa: PLC0415
     from pipeline.steps.parse import verify_and_parse  # noqa: PLC0415
 
     parsed = verify_and_parse("demo", path, settings, BATCH_DATE, stage=False, store=store)
     [shard] = plan_shards(parsed, 12)
-    return shard
+    part = Path(parsed["batch_dir"]) / "parts" / "part-00000.parquet"
+    return dict(shard, staging_id=read_part_metadata(part)["staging_id"])

@@ -5,9 +5,11 @@ staged, so a run that fails half-way leaves parts *without* the
 ``parsed.json`` they were prepared from; the re-run parses again.  Checked:
 tiny batches (one valid record, none valid) publish what a one-worker run
 publishes; a worker failing mid-stream leaves no lock and the re-run
-publishes every card once; and (a known bug, ``xfail``) a re-run whose parse
-stages other records than the failed run did (another ``--batch-date``)
-resumes the failed run's parts and can never publish.
+publishes every card once; and a re-run whose parse stages other records
+than the failed run did (another ``--batch-date``) prepares again instead of
+resuming the failed run's parts (it once resumed them, matched by start/end
+only, and publish refused the batch on every re-run): a part carries the
+``staging_id`` of the parse that staged its records.
 """
 
 from __future__ import annotations
@@ -121,12 +123,6 @@ def test_a_worker_failing_mid_stream_then_the_rerun_publishes_once(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="streamed parts outlive their staging: a re-run that re-parses with another batch "
-    "date resumes the failed run's parts (matched by start/end only) and publish refuses "
-    "the batch on every re-run (ReconciliationError)",
-)
 def test_a_rerun_with_another_batch_date_after_a_failed_streamed_run_publishes(
     env: BatchEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:

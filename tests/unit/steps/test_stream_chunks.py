@@ -26,7 +26,7 @@ SEGMENT = 50
 def _parse(valid: int, records: int, log: list[int]) -> Generator[StagedProgress, None, dict]:
     for staged in [*range(SEGMENT, valid, SEGMENT), valid]:
         log.append(staged)
-        yield StagedProgress(staged, records, "00" * 32)
+        yield StagedProgress(staged, records, "00" * 32, "5eed")
     return {"valid": valid}
 
 
