@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -99,22 +98,19 @@ def run_batch(
         }
     cfg = load_issuer(issuer, bs.config_dir)
     layout = load_layout(cfg.layout, bs.config_dir)
-    # The file's one verification pass (header, trailer, hash total, SHA-256:
-    # the batch id) runs while the key store opens: a passphrase store's
-    # scrypt (~0.1 s) releases the GIL (issue 7).
-    with ThreadPoolExecutor(1, thread_name_prefix="verify") as checker:
-        verifying = checker.submit(verify_file, Path(path), layout)
-        with opened_store(settings, store) as ks:
-            verified = verifying.result()
-            batch_id = batch_id_for(verified.sha256)
-            paths = bs.paths(cfg.id, batch_id)
-            # discard_unused: a file refused before anything is written (wrong issuer,
-            # bad trailer, a re-sent delivery...) leaves no batch directory holding only .lock
-            with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
-                                discard_unused=True):  # fmt: skip
-                return _run_locked(issuer, path, settings, batch_date, force=force, store=ks,
-                                   verified=verified, workers=workers, size=size,
-                                   started=started)  # fmt: skip
+    # the file's one verification pass (header, trailer, hash total; its SHA-256 is the
+    # batch id): the parse takes it instead of verifying the file a second time
+    verified = verify_file(Path(path), layout)
+    batch_id = batch_id_for(verified.sha256)
+    paths = bs.paths(cfg.id, batch_id)
+    # discard_unused: a file refused before anything is written (wrong issuer,
+    # bad trailer, a re-sent delivery...) leaves no batch directory holding only .lock
+    with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
+                        discard_unused=True), \
+            opened_store(settings, store) as ks:  # fmt: skip
+        return _run_locked(issuer, path, settings, batch_date, force=force, store=ks,
+                           verified=verified, workers=workers, size=size,
+                           started=started)  # fmt: skip
 
 
 def _run_locked(

@@ -111,17 +111,16 @@ def staged_chunks(
     *,
     shard_size: int,
     chunk: int,
-    tail: int = 0,
 ) -> Iterator[bytes]:
     """The shard's records as Arrow IPC chunks, each read once its segment is staged.
 
     ``shard`` holds ``start`` and ``segment_size``; when the iterator is
     exhausted (the shard is full, or the parse ended inside it) it has set
     ``end``, ``count`` and ``segments`` as :func:`~pipeline.steps.plan.plan_shards`
-    would.  Chunks never cross a segment (as the step-by-step path's).  Once
-    at most ``tail`` records can be left in the shard (the trailer's count
-    bounds the last one), chunks are a quarter of ``chunk``: the workers end
-    the shard together instead of one finishing a whole chunk alone.
+    would.  Chunks never cross a segment (as the step-by-step path's).
+    (Quarter-size chunks at a shard's end, so both workers end it together,
+    measured 0.05-0.1 s *slower* per 12,000-card batch: more tasks while the
+    parent still parses.)
     """
     start, seg_size = int(shard["start"]), int(shard["segment_size"])
     limit = start + shard_size
@@ -133,12 +132,8 @@ def staged_chunks(
         if pos >= avail:  # the parse ended before this shard's limit
             break
         table = read_segment(store, paths.staged_segment(seg), batch_id=paths.batch_id, segment=seg)
-        offset, stop = pos - first, avail - first
-        while offset < stop:
-            left = min(limit, feed.records or limit) - (first + offset)
-            size = min(chunk if left > tail else max(1, chunk // 4), stop - offset)
-            yield table_to_ipc(table.slice(offset, size))
-            offset += size
+        for offset in range(pos - first, avail - first, chunk):
+            yield table_to_ipc(table.slice(offset, min(chunk, avail - first - offset)))
         pos = avail
     shard["end"] = pos
     shard["count"] = pos - start
@@ -195,10 +190,7 @@ def stream_batch(
             shards.append(shard)
             expected = min(shard_size, max(1, feed.records - start))
             chunk = chunk_records(bs.chunk_size, expected, pool.workers)
-            chunks = staged_chunks(
-                feed, store, paths, shard, shard_size=shard_size, chunk=chunk,
-                tail=2 * pool.workers * chunk,
-            )  # fmt: skip
+            chunks = staged_chunks(feed, store, paths, shard, shard_size=shard_size, chunk=chunk)
             results.append(
                 prepare_streamed_shard(
                     shard, settings, store=store, pool=pool, chunks=chunks, chunk=chunk
