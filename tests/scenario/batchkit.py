@@ -15,9 +15,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipeline.io.manifest import load_manifest
+from pipeline.io.perso import read_bureau_file
 from pipeline.keys.demo import init_demo_store
 from pipeline.keys.settings import Settings, parse_settings
 from pipeline.keys.soft import SoftKeyStore
@@ -100,3 +103,31 @@ def key_hex_hits(text: str) -> list[str]:
     """Demo key values (hex, any case) found in ``text``."""
     upper = text.upper()
     return [label for label, value in DEMO_KEYS.items() if value.hex().upper() in upper]
+
+
+#: What two preparations of one file share: manifest fields, part rows (not card bytes:
+#: keys and seals are random), bureau records, rejects (:func:`shared_output`).
+SHARED_MANIFEST = ("batch_id", "input", "counts", "shards", "products", "keys", "data_key")
+SHARED_PART_COLUMNS = ["line_no", "product", "masked_pan", "pan_token"]
+
+
+def elsewhere(env: BatchEnv, name: str) -> Settings:
+    """The same key store and inbound folder, another storage root (a second copy of a batch)."""
+    raw = dict(env.settings.raw)
+    raw["storage"] = {"root": str(env.root / name), "inbound": str(env.root / "inbound")}
+    return parse_settings(raw)
+
+
+def shared_output(summary: dict[str, Any]) -> dict[str, Any]:
+    """What two preparations of one published file must have in common (see above)."""
+    base = Path(summary["batch_dir"])
+    manifest = load_manifest(base / "manifest.json")
+    parts = sorted((base / "parts").glob("part-*[0-9].parquet"))
+    bureau = summary.get("bureau_file")
+    records = read_bureau_file(Path(bureau))[1] if bureau else []
+    return {
+        "manifest": {k: manifest[k] for k in SHARED_MANIFEST},
+        "parts": [pq.read_table(p, columns=SHARED_PART_COLUMNS).to_pylist() for p in parts],
+        "bureau": [(r.seq, r.line_no, r.product, r.masked_pan, r.dgis) for r in records],
+        "rejects": pq.read_table(base / "rejects.parquet").to_pylist(),
+    }

@@ -14,43 +14,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import VerificationError
-from pipeline.io.manifest import load_manifest
-from pipeline.io.perso import read_bureau_file
-from pipeline.keys.settings import Settings, parse_settings
 from pipeline.records import validate
 from pipeline.steps import stream
 from pipeline.steps.batch import run_batch
 from pipeline.steps.prepare import WorkerPool
-from tests.scenario.batchkit import BATCH_DATE, BatchEnv, env_fixture  # noqa: F401 (fixtures)
+from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
+    BATCH_DATE,
+    BatchEnv,
+    elsewhere,
+    env_fixture,
+    shared_output,
+)
 
 SHARD = 70  # shards of 70 valid cards cross the 50-record staging segments
-COLUMNS = ["line_no", "product", "masked_pan", "pan_token"]
-SHARED = ("batch_id", "input", "counts", "shards", "products", "keys", "data_key")
-
-
-def _elsewhere(env: BatchEnv, name: str) -> Settings:
-    """The same key store and inbound folder, another storage root (a second copy of a batch)."""
-    raw = dict(env.settings.raw)
-    raw["storage"] = {"root": str(env.root / name), "inbound": str(env.root / "inbound")}
-    return parse_settings(raw)
-
-
-def _cards(summary: dict[str, Any]) -> dict[str, Any]:
-    """What two preparations of one file share (not card bytes: keys and seals are random)."""
-    base = Path(summary["batch_dir"])
-    manifest = load_manifest(base / "manifest.json")
-    parts = sorted((base / "parts").glob("part-*[0-9].parquet"))
-    _, records = read_bureau_file(Path(summary["bureau_file"]))
-    return {
-        "manifest": {k: manifest[k] for k in SHARED},
-        "parts": [pq.read_table(p, columns=COLUMNS).to_pylist() for p in parts],
-        "bureau": [(r.seq, r.line_no, r.product, r.masked_pan, r.dgis) for r in records],
-        "rejects": pq.read_table(base / "rejects.parquet").to_pylist(),
-    }
 
 
 @pytest.mark.slow
@@ -58,11 +37,11 @@ def test_streamed_run_publishes_what_the_step_by_step_run_publishes(env: BatchEn
     sample = env.sample("stream-same.dat", 200, errors=0.05, seed=61)
     streamed = run_batch("demo", sample.path, env.settings, shard_size=SHARD, workers=2,
                          batch_date=BATCH_DATE, store=env.store)  # fmt: skip
-    stepwise = run_batch("demo", sample.path, _elsewhere(env, "var-stepwise"), shard_size=SHARD,
+    stepwise = run_batch("demo", sample.path, elsewhere(env, "var-stepwise"), shard_size=SHARD,
                          workers=1, batch_date=BATCH_DATE, store=env.store)  # fmt: skip
     assert streamed["shards"] == stepwise["shards"] >= 3
     assert streamed["counts"] == stepwise["counts"]
-    assert _cards(streamed) == _cards(stepwise)
+    assert shared_output(streamed) == shared_output(stepwise)
 
 
 @pytest.mark.slow
@@ -139,7 +118,7 @@ def test_a_parse_failing_half_way_publishes_nothing_and_the_rerun_publishes_once
     monkeypatch.setattr(validate.Validator, "check", check)
     summary = run_batch("demo", sample.path, env.settings, shard_size=SHARD, workers=2,
                         batch_date=BATCH_DATE, store=env.store)  # fmt: skip
-    fresh = run_batch("demo", sample.path, _elsewhere(env, "var-fresh"), shard_size=SHARD,
+    fresh = run_batch("demo", sample.path, elsewhere(env, "var-fresh"), shard_size=SHARD,
                       workers=1, batch_date=BATCH_DATE, store=env.store)  # fmt: skip
     assert summary["counts"] == fresh["counts"]
-    assert _cards(summary) == _cards(fresh)
+    assert shared_output(summary) == shared_output(fresh)

@@ -18,31 +18,25 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import PreparationError
 from pipeline.io.lock import held_locks
-from pipeline.io.manifest import load_manifest
 from pipeline.io.paths import batch_id_for, sha256_file
-from pipeline.io.perso import read_bureau_file
 from pipeline.io.staging import records_from_ipc
-from pipeline.keys.settings import Settings, parse_settings
+from pipeline.keys.settings import Settings
 from pipeline.records import validate
 from pipeline.steps import prepare
 from pipeline.steps.batch import run_batch
-from tests.scenario.batchkit import BATCH_DATE, BatchEnv, env_fixture  # noqa: F401 (fixtures)
+from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
+    BATCH_DATE,
+    BatchEnv,
+    elsewhere,
+    env_fixture,
+    shared_output,
+)
 
 SHARD = 40
-COLUMNS = ["line_no", "product", "masked_pan", "pan_token"]
-SHARED = ("batch_id", "input", "counts", "shards", "products", "keys", "data_key")
-
-
-def _elsewhere(env: BatchEnv, name: str) -> Settings:
-    """The same key store and inbound folder, another storage root (a second copy of a batch)."""
-    raw = dict(env.settings.raw)
-    raw["storage"] = {"root": str(env.root / name), "inbound": str(env.root / "inbound")}
-    return parse_settings(raw)
 
 
 def _batch_dir(settings: Settings, sample: Path) -> Path:
@@ -50,26 +44,11 @@ def _batch_dir(settings: Settings, sample: Path) -> Path:
     return root / "batches" / "demo" / batch_id_for(sha256_file(sample))
 
 
-def _cards(summary: dict[str, Any]) -> dict[str, Any]:
-    """What two preparations of one file share (not card bytes: keys and seals are random)."""
-    base = Path(summary["batch_dir"])
-    manifest = load_manifest(base / "manifest.json")
-    parts = sorted((base / "parts").glob("part-*[0-9].parquet"))
-    bureau = summary.get("bureau_file")
-    records = read_bureau_file(Path(bureau))[1] if bureau else []
-    return {
-        "manifest": {k: manifest[k] for k in SHARED},
-        "parts": [pq.read_table(p, columns=COLUMNS).to_pylist() for p in parts],
-        "bureau": [(r.seq, r.line_no, r.product, r.masked_pan, r.dgis) for r in records],
-        "rejects": pq.read_table(base / "rejects.parquet").to_pylist(),
-    }
-
-
 def _both(env: BatchEnv, sample: Path, name: str, day: date = BATCH_DATE) -> tuple[Any, Any]:
     """(two-worker streamed run, one-worker step-by-step run) of ``sample``, each in its root."""
-    streamed = run_batch("demo", sample, _elsewhere(env, f"{name}-w2"), shard_size=SHARD,
+    streamed = run_batch("demo", sample, elsewhere(env, f"{name}-w2"), shard_size=SHARD,
                          workers=2, batch_date=day, store=env.store)  # fmt: skip
-    stepwise = run_batch("demo", sample, _elsewhere(env, f"{name}-w1"), shard_size=SHARD,
+    stepwise = run_batch("demo", sample, elsewhere(env, f"{name}-w1"), shard_size=SHARD,
                          workers=1, batch_date=day, store=env.store)  # fmt: skip
     return streamed, stepwise
 
@@ -79,7 +58,7 @@ def test_one_valid_record_streams_like_the_step_by_step_run(env: BatchEnv) -> No
     streamed, stepwise = _both(env, sample.path, "qa-one")
     assert streamed["counts"]["prepared"] + streamed["counts"]["rejected"] == 30
     assert streamed["shards"] == stepwise["shards"] == 1
-    assert _cards(streamed) == _cards(stepwise)
+    assert shared_output(streamed) == shared_output(stepwise)
     assert held_locks() == []
 
 
@@ -89,7 +68,7 @@ def test_no_valid_record_streams_like_the_step_by_step_run(env: BatchEnv) -> Non
     streamed, stepwise = _both(env, sample.path, "qa-none", expired)
     assert streamed["counts"] == stepwise["counts"] == {"in": 20, "prepared": 0, "rejected": 20}
     assert streamed["shards"] == stepwise["shards"] == 0
-    assert _cards(streamed) == _cards(stepwise)
+    assert shared_output(streamed) == shared_output(stepwise)
 
 
 @pytest.mark.slow
@@ -97,7 +76,7 @@ def test_a_worker_failing_mid_stream_then_the_rerun_publishes_once(
     env: BatchEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sample = env.sample("qa-worker-fails.dat", 120, errors=0.05, seed=73)
-    settings = _elsewhere(env, "qa-worker")
+    settings = elsewhere(env, "qa-worker")
     run = prepare.ShardWorker.run
 
     def failing(self: prepare.ShardWorker, ipc: bytes) -> Any:
@@ -117,9 +96,9 @@ def test_a_worker_failing_mid_stream_then_the_rerun_publishes_once(
     assert list((batch / "parts").glob("part-*[0-9].parquet")), "a shard was committed first"
     again = run_batch("demo", sample.path, settings, shard_size=SHARD, workers=2,
                       batch_date=BATCH_DATE, store=env.store)  # fmt: skip
-    fresh = run_batch("demo", sample.path, _elsewhere(env, "qa-worker-fresh"), shard_size=SHARD,
+    fresh = run_batch("demo", sample.path, elsewhere(env, "qa-worker-fresh"), shard_size=SHARD,
                       workers=1, batch_date=BATCH_DATE, store=env.store)  # fmt: skip
-    assert _cards(again) == _cards(fresh)
+    assert shared_output(again) == shared_output(fresh)
 
 
 @pytest.mark.slow
@@ -130,7 +109,7 @@ def test_a_rerun_with_another_batch_date_after_a_failed_streamed_run_publishes(
     it); streamed, a parse failing after a shard's commit leaves the part without it, and the
     re-run parses again: another --batch-date (a corrected one) stages other records."""
     sample = env.sample("qa-other-date.dat", 120, seed=74)
-    settings = _elsewhere(env, "qa-date")
+    settings = elsewhere(env, "qa-date")
     later = date(2028, 6, 1)  # about half the cards have expired by then
     check = validate.Validator.check
     calls = [0]
@@ -151,6 +130,6 @@ def test_a_rerun_with_another_batch_date_after_a_failed_streamed_run_publishes(
     assert not (batch / "staging" / "parsed.json").exists()
     again = run_batch("demo", sample.path, settings, shard_size=SHARD, workers=2,
                       batch_date=later, store=env.store)  # fmt: skip
-    fresh = run_batch("demo", sample.path, _elsewhere(env, "qa-date-fresh"), shard_size=SHARD,
+    fresh = run_batch("demo", sample.path, elsewhere(env, "qa-date-fresh"), shard_size=SHARD,
                       workers=1, batch_date=later, store=env.store)  # fmt: skip
-    assert _cards(again) == _cards(fresh)
+    assert shared_output(again) == shared_output(fresh)
