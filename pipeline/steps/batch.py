@@ -48,7 +48,7 @@ from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.records.issuers import load_issuer
 from pipeline.records.layout import load_layout
-from pipeline.records.parse import FileSummary, verify_file
+from pipeline.records.parse import verify_file
 from pipeline.steps.context import batch_settings, default_workers, opened_store
 from pipeline.steps.parse import verify_and_parse
 from pipeline.steps.plan import plan_shards
@@ -108,50 +108,28 @@ def run_batch(
     with exclusive_lock(paths.lock, f"batch {batch_id}", wait=bs.lock_wait,
                         discard_unused=True), \
             opened_store(settings, store) as ks:  # fmt: skip
-        return _run_locked(issuer, path, settings, batch_date, force=force, store=ks,
-                           verified=verified, workers=workers, size=size,
-                           started=started)  # fmt: skip
-
-
-def _run_locked(
-    issuer: str,
-    path: str | Path,
-    settings: Settings,
-    batch_date: date | None,
-    *,
-    force: bool,
-    store: KeyStore,
-    verified: FileSummary,
-    workers: int | None,
-    size: int,
-    started: float,
-) -> dict[str, Any]:
-    """:func:`run_batch` under the batch lock, with the store open and the file verified."""
-    bs = batch_settings(settings)
-    cfg = load_issuer(issuer, bs.config_dir)
-    paths = bs.paths(cfg.id, batch_id_for(verified.sha256))
-    if not force and is_unreconciled(paths):
-        log.warning("batch %s is published but its reconcile step did not finish (killed?): "
-                    "finishing it, nothing is prepared again", paths.batch_id)  # fmt: skip
-        summary = reconcile({"batch_dir": str(paths.base)}, settings, store=store)
-        return _resumed(summary, paths.manifest, started)
-    with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
-        # fork and per-worker tables overlap the parse (issue 7, run F)
-        pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
-        results: list[dict[str, Any]] | None = None
-        if pool.workers > 1:  # the workers prepare while the rest is staged (issue 7)
-            parsed, results = stream_batch(issuer, path, settings, batch_date, force=force,
-                                           store=store, pool=pool, shard_size=size,
-                                           verified=verified)  # fmt: skip
-        else:
-            parsed = verify_and_parse(issuer, path, settings, batch_date, force=force,
-                                      store=store, verified=verified)  # fmt: skip
-        if results is None:
-            results = [prepare_shard(shard, settings, workers, store=store, pool=pool)
-                       for shard in plan_shards(parsed, size)]  # fmt: skip
-        log.info("batch %s: %d shard(s) of up to %d records", paths.batch_id, len(results), size)
-    published = publish(parsed, results, settings, force=force, store=store)
-    summary = reconcile(published, settings, store=store)
+        if not force and is_unreconciled(paths):
+            log.warning("batch %s is published but its reconcile step did not finish "
+                        "(killed?): finishing it, nothing is prepared again", batch_id)  # fmt: skip
+            summary = reconcile({"batch_dir": str(paths.base)}, settings, store=ks)
+            return _resumed(summary, paths.manifest, started)
+        with WorkerPool(default_workers(workers, bs)) as pool:  # one pool for every shard
+            # fork and per-worker tables overlap the parse (issue 7, run F)
+            pool.warm(bs.config_dir, tuple(sorted(cfg.products)))
+            results: list[dict[str, Any]] | None = None
+            if pool.workers > 1:  # the workers prepare while the rest is staged (issue 7)
+                parsed, results = stream_batch(issuer, path, settings, batch_date, force=force,
+                                               store=ks, pool=pool, shard_size=size,
+                                               verified=verified)  # fmt: skip
+            else:
+                parsed = verify_and_parse(issuer, path, settings, batch_date, force=force,
+                                          store=ks, verified=verified)  # fmt: skip
+            if results is None:
+                results = [prepare_shard(shard, settings, workers, store=ks, pool=pool)
+                           for shard in plan_shards(parsed, size)]  # fmt: skip
+            log.info("batch %s: %d shard(s) of up to %d records", batch_id, len(results), size)
+        published = publish(parsed, results, settings, force=force, store=ks)
+        summary = reconcile(published, settings, store=ks)
     summary["shards"] = len(results)
     summary["records"] = parsed["records"]
     summary["valid"] = parsed["valid"]
