@@ -361,13 +361,10 @@ class BureauFileWriter:
 
     def write(self, card: BureauCard) -> None:
         """Append one ``D`` record (``seq`` must be the next number)."""
-        assert self._fh is not None
         if card.seq != self.count + 1:
             raise InvalidInputError("seq", f"expected {self.count + 1}, got {card.seq}")
-        data = card.record()
-        self._digest.update(data)
-        self._fh.write(data)
-        self.count += 1
+        fields = (card.line_no, card.product, card.masked_pan, card.tk, card.dgis, card.sealed)
+        self.write_many((fields,))
 
     def write_many(self, cards: Iterable[CardFields]) -> None:
         """Append one ``D`` record per card, numbered on from :attr:`count`, in one write.

@@ -62,16 +62,13 @@ log = logging.getLogger(__name__)
 class StagedFeed:
     """How far a :func:`~pipeline.steps.parse.staged_parse` generator has staged.
 
-    ``staged``: valid records staged so far; ``records``: the trailer's record
-    count (an upper bound of the valid ones); ``parsed``: the result dict once
-    the parse has ended (``done``).
+    ``last``: the parse's latest :class:`StagedProgress` (its file's trailer
+    count, SHA-256 and staging identity); ``parsed``: the result dict once the
+    parse has ended (``done``).
     """
 
     steps: Generator[StagedProgress, None, dict[str, Any]]
-    staged: int = 0
-    records: int = 0
-    input_sha256: str = ""
-    staging_id: str = ""
+    last: StagedProgress = field(default_factory=lambda: StagedProgress(0, 0, "", ""))
     parsed: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -79,16 +76,17 @@ class StagedFeed:
         """True once the parse has returned its result."""
         return self.parsed is not None
 
+    @property
+    def staged(self) -> int:
+        """Valid records staged so far (all of them once the parse has ended)."""
+        return int(self.parsed.get("valid", self.last.staged)) if self.parsed else self.last.staged
+
     def advance(self) -> None:
         """Run the parse to its next staged segment (or to its end)."""
         try:
-            progress = next(self.steps)
+            self.last = next(self.steps)
         except StopIteration as end:
             self.parsed = dict(end.value)
-            self.staged = int(self.parsed.get("valid", self.staged))
-        else:
-            self.staged, self.records = progress.staged, progress.records
-            self.input_sha256, self.staging_id = progress.input_sha256, progress.staging_id
 
     def until(self, staged: int) -> int:
         """Advance until ``staged`` valid records are staged or the parse ends; the count."""
@@ -171,14 +169,14 @@ def stream_batch(
         feed.advance()  # verification and the delivery check, then the first segment
         if feed.done:
             return feed.finish(), None
-        paths = bs.paths(cfg.id, batch_id_for(feed.input_sha256))
+        paths = bs.paths(cfg.id, batch_id_for(feed.last.input_sha256))
         if paths.parts.is_dir() and any(paths.parts.glob("part-*.parquet")):
             log.info("batch %s: parts of an earlier run; staging first, then resuming them",
                      paths.batch_id)  # fmt: skip
             return feed.finish(), None
         base = {
             "batch_id": paths.batch_id, "issuer": cfg.id, "batch_dir": str(paths.base),
-            "input_sha256": feed.input_sha256, "staging_id": feed.staging_id,
+            "input_sha256": feed.last.input_sha256, "staging_id": feed.last.staging_id,
             "products": available_products(cfg.products, bs.config_dir),
             "segment_size": bs.segment_size,
         }  # fmt: skip
@@ -188,7 +186,7 @@ def stream_batch(
             start = len(shards) * shard_size
             shard = dict(base, index=len(shards), start=start)
             shards.append(shard)
-            expected = min(shard_size, max(1, feed.records - start))
+            expected = min(shard_size, max(1, feed.last.records - start))
             chunk = chunk_records(bs.chunk_size, expected, pool.workers)
             chunks = staged_chunks(feed, store, paths, shard, shard_size=shard_size, chunk=chunk)
             results.append(
