@@ -94,6 +94,7 @@ from pipeline.keys.envelopes import EnvelopeLog
 from pipeline.keys.hmk import HMK_KCV_LENGTH, HMK_KCV_METHOD, HMK_LENGTH
 from pipeline.keys.model import Exportability, KeyAlgorithm, KeyRecord, KeyRef, KeyRole, KeyUsage
 from pipeline.keys.store import KeyStore
+from pipeline.yamlconf import safe_load
 
 __all__ = [
     "AnswersPrompter",
@@ -484,7 +485,7 @@ def parse_plan(raw: object) -> CeremonyPlan:
 def load_plan(path: Path) -> CeremonyPlan:
     """Read and validate a plan file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw = safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError("plan", f"cannot read {path} ({type(exc).__name__})") from None
     except yaml.YAMLError:
@@ -586,7 +587,7 @@ class AnswersPrompter:
 def load_answers(path: Path) -> dict[str, str]:
     """Read an answers file: a YAML mapping of prompt id -> answer."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError("answers", f"cannot read {path} ({type(exc).__name__})") from None
     except yaml.YAMLError:

@@ -44,6 +44,7 @@ from pipeline.keys.model import (
 )
 from pipeline.keys.soft import SoftKeyStore, _utc_now
 from pipeline.keys.store import KeyStore
+from pipeline.yamlconf import safe_load
 
 __all__ = [
     "DEFAULT_KEYS_YAML",
@@ -87,7 +88,7 @@ class DemoKey:
 def load_demo_keys(keys_yaml: Path = DEFAULT_KEYS_YAML) -> list[DemoKey]:
     """Parse ``keys.yaml``; refuse a file without ``test_only: true``."""
     try:
-        raw: Any = yaml.safe_load(Path(keys_yaml).read_text(encoding="utf-8"))
+        raw: Any = safe_load(Path(keys_yaml).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError("keys_yaml", f"cannot read {keys_yaml} ({type(exc).__name__})") from None
     if not isinstance(raw, dict) or raw.get("test_only") is not True:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.yamlconf import safe_load
 
 __all__ = [
     "DEFAULT_SETTINGS_PATH",
@@ -123,7 +124,7 @@ def load_settings(path: Path | None = None) -> Settings:
     """Load ``path``, else ``$CARDPREP_SETTINGS``, else ``config/settings.yaml``."""
     chosen = path or Path(os.environ.get(SETTINGS_ENV, str(DEFAULT_SETTINGS_PATH)))
     try:
-        raw = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+        raw = safe_load(chosen.read_text(encoding="utf-8")) or {}
     except OSError as exc:
         raise ConfigError("settings", f"cannot read {chosen} ({type(exc).__name__})") from None
     except yaml.YAMLError:

@@ -45,6 +45,7 @@ from pipeline.profiles.model import (
     RecordTemplate,
     Scheme,
 )
+from pipeline.yamlconf import safe_load
 
 __all__ = ["load_product", "parse_product", "product_path"]
 
@@ -81,7 +82,7 @@ def load_product(product_id: str, config_dir: Path = Path("config")) -> ProductP
     if not path.is_file():
         raise ConfigError(f"product {product_id!r}", f"no profile file {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(path.name, f"not valid YAML: {exc}") from None
     profile = parse_product(data, source=path.name)

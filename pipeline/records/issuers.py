@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.yamlconf import safe_load
 
 __all__ = ["IssuerConfig", "load_issuer", "parse_issuer"]
 
@@ -85,7 +86,7 @@ def load_issuer(issuer_id: str, config_dir: Path = Path("config")) -> IssuerConf
         raise ConfigError("issuer", f"invalid issuer id {issuer_id!r}")
     path = Path(config_dir) / "issuers" / f"{issuer_id}.yaml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read issuer config: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.yamlconf import safe_load
 
 __all__ = [
     "CANONICAL_FIELDS",
@@ -227,7 +228,7 @@ def load_layout(name: str, config_dir: Path = Path("config")) -> Layout:
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read layout: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"invalid YAML: {exc}") from exc
     layout = parse_layout(data, source=str(path))

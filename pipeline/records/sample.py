@@ -56,6 +56,7 @@ from pipeline.records.layout import FileFormat, Layout, RecordSpec, load_layout
 from pipeline.records.luhn import luhn_check_digit
 from pipeline.records.parse import FILE_SEQ_FIELD, HashTotal
 from pipeline.records.reasons import RejectReason as R
+from pipeline.yamlconf import safe_load
 
 __all__ = [
     "SampleSummary",
@@ -185,7 +186,7 @@ def load_test_key(label: str, config_dir: Path) -> bytes:
     """The clear TEST value of ``label`` from ``config/demo/keys.yaml`` (test-only file)."""
     path = Path(config_dir) / "demo" / "keys.yaml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(str(path), f"cannot read the demo keys: {exc}") from exc
     if not isinstance(data, dict) or data.get("test_only") is not True:

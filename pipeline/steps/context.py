@@ -44,6 +44,7 @@ from pipeline.io.paths import BatchPaths
 from pipeline.keys import open_store
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
+from pipeline.yamlconf import safe_load
 
 __all__ = ["BatchSettings", "batch_paths", "batch_settings", "default_workers", "opened_store"]
 
@@ -80,7 +81,7 @@ class BatchSettings:
         if not path.exists():
             return self
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(str(path), f"unreadable ({type(exc).__name__})") from None
         if not isinstance(raw, dict):

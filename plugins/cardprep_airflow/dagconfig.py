@@ -22,8 +22,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from airflow.sdk import CronTriggerTimetable
+
+from pipeline.yamlconf import safe_load
 
 #: The repository root: dags/ and plugins/ live beside config/.
 REPO_ROOT = Path(os.environ.get("CARDPREP_ROOT", Path(__file__).resolve().parents[2]))
@@ -76,13 +77,13 @@ def load(path: Path = DAGS_YAML) -> DagConfig:
     """Read ``dags.yaml`` (a missing file gives the defaults)."""
     if not path.exists():
         return DagConfig({})
-    return DagConfig(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    return DagConfig(safe_load(path.read_text(encoding="utf-8")) or {})
 
 
 def issuer_ids(config_dir: Path = CONFIG_DIR) -> list[str]:
     """Issuer ids from ``config/issuers/*.yaml`` (the ``id:`` of each file)."""
     ids = []
     for path in sorted((config_dir / "issuers").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        doc = safe_load(path.read_text(encoding="utf-8")) or {}
         ids.append(str(doc.get("id", path.stem)))
     return ids
