@@ -32,6 +32,7 @@ __all__ = [
     "META_PREFIX",
     "PART_FORMAT",
     "PART_SCHEMA",
+    "PART_WRITE_OPTIONS",
     "PartWriter",
     "iter_part_batches",
     "read_part_metadata",
@@ -56,6 +57,26 @@ PART_SCHEMA = pa.schema(
 )
 
 
+#: Unique per card (no repeated value a dictionary could share).
+_UNIQUE_COLUMNS = frozenset({"line_no", "pan_token", "card_data", "icc_pk_sha256"})
+
+
+def _leaf(field: pa.Field) -> str:
+    """The Parquet column path of ``field`` (a list's values are ``<name>.list.element``)."""
+    return f"{field.name}.list.element" if pa.types.is_list(field.type) else field.name
+
+
+#: How a part is written (issue 7, measured on 12,000 SM2 cards: write 33 -> 21 ms, the
+#: publish step's read 20 -> 13 ms, the file 2 % larger).  ``card_data`` is sealed
+#: (AES-GCM output): zstd cannot shrink it, so it is stored uncompressed; no dictionary is
+#: tried for columns unique per card; statistics (min/max) only for the input line.
+PART_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": {_leaf(f): "none" if f.name == "card_data" else "zstd" for f in PART_SCHEMA},
+    "use_dictionary": [_leaf(f) for f in PART_SCHEMA if f.name not in _UNIQUE_COLUMNS],
+    "write_statistics": ["line_no"],
+}
+
+
 class PartWriter:
     """Stream record batches into ``path`` (atomic: visible only after :meth:`__exit__`).
 
@@ -73,7 +94,7 @@ class PartWriter:
 
     def __enter__(self) -> PartWriter:
         self._fh = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._fh, PART_SCHEMA, compression="zstd")
+        self._writer = pq.ParquetWriter(self._fh, PART_SCHEMA, **PART_WRITE_OPTIONS)
         return self
 
     def write_rows(self, rows: Mapping[str, list[Any]] | Any) -> None:

@@ -145,3 +145,32 @@ def test_only_the_columns_asked_for(tmp_path: Path) -> None:
     assert all(list(b) == wanted for b in batches)
     assert [x for b in batches for x in b["line_no"]] == [i["line_no"] for i in items]
     assert [x for b in batches for x in b["card_data"]] == [i["card_data"] for i in items]
+
+
+def test_sealed_card_data_is_stored_uncompressed_and_the_rest_zstd(tmp_path: Path) -> None:
+    """Sealed card data is AES-GCM output: zstd only costs time on it (issue 7)."""
+    items = [
+        {
+            "batch_id": "00ab12cd34ef5678", "line_no": 2 + i, "product": "demo-pboc-sm2",
+            "masked_pan": "623456*********0017", "pan_token": f"{i:032x}",
+            "dgi_ids": [0x0101, 0x8000], "card_data": bytes([i]) * 200, "kcvs": "{}",
+            "icc_pk_sha256": "ab" * 32,
+        }
+        for i in range(20)
+    ]  # fmt: skip
+    path = tmp_path / "part.parquet"
+    _write(path, items)
+    meta = pq.ParquetFile(path).metadata
+    names = parts.PART_SCHEMA.names
+    for group in range(meta.num_row_groups):
+        for i, name in enumerate(names):
+            column = meta.row_group(group).column(i)
+            assert column.compression == ("UNCOMPRESSED" if name == "card_data" else "ZSTD"), name
+            assert column.is_stats_set == (name == "line_no"), name
+            dictionary = any("DICTIONARY" in e for e in column.encodings)
+            unique = name in ("line_no", "pan_token", "card_data", "icc_pk_sha256")
+            if name != "dgi_encrypted":  # booleans are bit-packed, never a dictionary
+                assert dictionary != unique, name
+    table = pq.read_table(path)
+    assert table.column("card_data").to_pylist() == [item["card_data"] for item in items]
+    assert table.column("line_no").to_pylist() == [item["line_no"] for item in items]
