@@ -30,9 +30,18 @@
  * only used to build tables.
  *
  * Field elements are four 64-bit limbs, least significant first, in
- * Montgomery form (x * 2^256 mod p).  Because p = 2^256 - 2^224 - 2^96 +
- * 2^64 - 1 has a lowest limb of 2^64 - 1, -p^-1 mod 2^64 = 1 and each
- * Montgomery reduction step multiplies by the low limb itself.
+ * Montgomery form (x * 2^256 mod p), always fully reduced (< p).  Because
+ * p = 2^256 - 2^224 - 2^96 + 2^64 - 1 has a lowest limb of 2^64 - 1,
+ * -p^-1 mod 2^64 = 1: each Montgomery reduction step's multiple m is the
+ * lowest limb itself, and (t + m p) / 2^64 = (t >> 64) + m 2^192 - m 2^160
+ * - m 2^32 + m, made of m, m << 32 and m >> 32 by additions and
+ * subtractions: no multiplication by p (MONT_ADDEND).  fe_mul interleaves
+ * the four steps with the four rows of the product (16 word products),
+ * fe_sqr forms the 512-bit square from 10 word products first; both end with
+ * one conditional subtraction of p, done, like fe_add's and fe_sub's, with
+ * carry chains and masks (no branch, no table look-up).  The carries use the
+ * adc/sbb intrinsics on x86-64 and 128-bit arithmetic elsewhere
+ * (-DSM2N_PORTABLE forces the latter).
  *
  * Formulas (Bernstein-Lange Explicit-Formulas Database, a = -3), the same as
  * the pure-Python module: mixed addition "madd-2004-hmv", doubling
@@ -87,77 +96,244 @@ static int ready = 0;
 
 /* ---- field arithmetic mod p ------------------------------------------------------------- */
 
+/* Add and subtract with carry.  On x86-64 the compiler's intrinsics (adc and sbb, which every
+   x86-64 CPU has: no target flag needed) keep the carry in the flags; elsewhere, or compiled
+   with -DSM2N_PORTABLE, the 128-bit definitions below, which compute the same thing. */
+#if defined(__x86_64__) && !defined(SM2N_PORTABLE)
+#include <immintrin.h>
+typedef unsigned char carry_t;
+static inline uint64_t addc(uint64_t a, uint64_t b, carry_t *c) {
+    unsigned long long r;
+    *c = _addcarry_u64(*c, a, b, &r);
+    return r;
+}
+static inline uint64_t subb(uint64_t a, uint64_t b, carry_t *c) {
+    unsigned long long r;
+    *c = _subborrow_u64(*c, a, b, &r);
+    return r;
+}
+#else
+typedef uint64_t carry_t;
+static inline uint64_t addc(uint64_t a, uint64_t b, carry_t *c) {
+    u128 s = (u128)a + b + *c;
+    *c = (uint64_t)(s >> 64);
+    return (uint64_t)s;
+}
+static inline uint64_t subb(uint64_t a, uint64_t b, carry_t *c) {
+    u128 d = (u128)a - b - *c;
+    *c = (uint64_t)(d >> 64) & 1;
+    return (uint64_t)d;
+}
+#endif
+
+/* The multiplication and the square are inlined into their callers: a call costs more than a
+   quarter of one (registers saved and restored), and inlined, the independent products of a
+   point operation overlap. */
+#if defined(__GNUC__)
+#define FE_INLINE static inline __attribute__((always_inline))
+#else
+#define FE_INLINE static inline
+#endif
+
+/* r = t - p if t >= p else t, for t = hi 2^256 + (t3 t2 t1 t0) < 2p (hi 0 or 1); constant
+   time.  t - p = t + (2^256 - p) - 2^256 with 2^256 - p = 2^224 + 2^96 - 2^64 + 1 (limbs 1,
+   2^32 - 1, 0, 2^32), and t >= p exactly when hi is set or t + (2^256 - p) carries out of 256
+   bits; the second addition adds 2^256 - p under that mask.  (Two carry chains rather than
+   one chain and a masked select of t or t - p: the compiler turns such a select into vector
+   instructions, whose register transfers cost more.) */
+FE_INLINE void fe_reduce5(fe *r, uint64_t t0, uint64_t t1, uint64_t t2, uint64_t t3,
+                          uint64_t hi) {
+    carry_t c = 0;
+    (void)addc(t0, 1, &c);
+    (void)addc(t1, 0xFFFFFFFFULL, &c);
+    (void)addc(t2, 0, &c);
+    (void)addc(t3, 0x100000000ULL, &c);
+    uint64_t mask = (uint64_t)0 - ((hi | c) & 1); /* all ones when t >= p */
+    c = 0;
+    r->v[0] = addc(t0, mask & 1, &c);
+    r->v[1] = addc(t1, mask & 0xFFFFFFFFULL, &c);
+    r->v[2] = addc(t2, 0, &c);
+    r->v[3] = addc(t3, mask & 0x100000000ULL, &c);
+}
+
 /* r = t - p if t >= p else t, for t = (hi, lo[0..3]) < 2p; constant time */
 static void fe_reduce_once(fe *r, const uint64_t lo[4], uint64_t hi) {
-    uint64_t s[4];
-    u128 borrow = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 d = (u128)lo[i] - P[i] - borrow;
-        s[i] = (uint64_t)d;
-        borrow = (d >> 64) & 1;
-    }
-    uint64_t b = (uint64_t)((u128)hi - borrow) >> 63; /* 1 when t < p */
-    uint64_t keep = (uint64_t)0 - b;                    /* all ones: keep t */
-    for (int i = 0; i < 4; i++) r->v[i] = (lo[i] & keep) | (s[i] & ~keep);
+    fe_reduce5(r, lo[0], lo[1], lo[2], lo[3], hi);
 }
 
-static void fe_add(fe *r, const fe *a, const fe *b) {
-    uint64_t t[4];
-    u128 c = 0;
-    for (int i = 0; i < 4; i++) {
-        c += (u128)a->v[i] + b->v[i];
-        t[i] = (uint64_t)c;
-        c >>= 64;
-    }
-    fe_reduce_once(r, t, (uint64_t)c);
+static inline void fe_add(fe *r, const fe *a, const fe *b) {
+    carry_t c = 0;
+    uint64_t t0 = addc(a->v[0], b->v[0], &c);
+    uint64_t t1 = addc(a->v[1], b->v[1], &c);
+    uint64_t t2 = addc(a->v[2], b->v[2], &c);
+    uint64_t t3 = addc(a->v[3], b->v[3], &c);
+    fe_reduce5(r, t0, t1, t2, t3, c);
 }
 
-static void fe_sub(fe *r, const fe *a, const fe *b) {
-    uint64_t t[4];
-    u128 borrow = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 d = (u128)a->v[i] - b->v[i] - borrow;
-        t[i] = (uint64_t)d;
-        borrow = (d >> 64) & 1;
-    }
-    uint64_t mask = (uint64_t)0 - (uint64_t)borrow; /* add p back when a < b */
-    u128 c = 0;
-    for (int i = 0; i < 4; i++) {
-        c += (u128)t[i] + (P[i] & mask);
-        r->v[i] = (uint64_t)c;
-        c >>= 64;
-    }
+/* a - b, plus p when that borrowed: p's limbs (all ones, 2^64 - 2^32, all ones,
+   2^64 - 2^32 - 1) under the borrow's mask; constant time */
+static inline void fe_sub(fe *r, const fe *a, const fe *b) {
+    carry_t c = 0;
+    uint64_t t0 = subb(a->v[0], b->v[0], &c);
+    uint64_t t1 = subb(a->v[1], b->v[1], &c);
+    uint64_t t2 = subb(a->v[2], b->v[2], &c);
+    uint64_t t3 = subb(a->v[3], b->v[3], &c);
+    uint64_t mask = (uint64_t)0 - c;
+    c = 0;
+    r->v[0] = addc(t0, mask, &c);
+    r->v[1] = addc(t1, mask & 0xFFFFFFFF00000000ULL, &c);
+    r->v[2] = addc(t2, mask, &c);
+    r->v[3] = addc(t3, mask & 0xFFFFFFFEFFFFFFFFULL, &c);
 }
 
-/* Montgomery product a * b / 2^256 mod p (CIOS; -p^-1 mod 2^64 = 1) */
-static void fe_mul(fe *r, const fe *a, const fe *b) {
-    uint64_t t[6] = {0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 4; i++) {
-        u128 c = 0;
-        for (int j = 0; j < 4; j++) {
-            c += (u128)a->v[j] * b->v[i] + t[j];
-            t[j] = (uint64_t)c;
-            c >>= 64;
-        }
-        c += t[4];
-        t[4] = (uint64_t)c;
-        t[5] = (uint64_t)(c >> 64);
-        uint64_t m = t[0];
-        c = (u128)m * P[0] + t[0];
-        c >>= 64;
-        for (int j = 1; j < 4; j++) {
-            c += (u128)m * P[j] + t[j];
-            t[j - 1] = (uint64_t)c;
-            c >>= 64;
-        }
-        c += t[4];
-        t[3] = (uint64_t)c;
-        t[4] = t[5] + (uint64_t)(c >> 64);
+/* One Montgomery step without a multiplication: for m the lowest limb of t, t + m p clears
+   that limb, and since -p^-1 mod 2^64 = 1 that m is the step's multiple, with
+   (t + m p) / 2^64 = (t >> 64) + m (p + 1) / 2^64 and (p + 1) / 2^64 = 2^192 - 2^160 - 2^32 + 1.
+   The addend m (2^192 - 2^160 - 2^32 + 1) is (m, 0, 0, m) - (m << 32, m >> 32, m << 32,
+   m >> 32) limb by limb; it is below 2^256 - 2^224, so its top limb plus a carry bit does not
+   overflow. */
+#define MONT_ADDEND(m, d0, d1, d2, d3)                                                         \
+    do {                                                                                       \
+        uint64_t lo_ = (m) << 32, hi_ = (m) >> 32;                                             \
+        carry_t b_ = 0;                                                                        \
+        d0 = subb((m), lo_, &b_);                                                              \
+        d1 = subb(0, hi_, &b_);                                                                \
+        d2 = subb(0, lo_, &b_);                                                                \
+        d3 = subb((m), hi_, &b_);                                                              \
+    } while (0)
+
+/* Montgomery product a * b / 2^256 mod p for a, b < p, canonical (< p).  Operand scanning
+   with the reduction interleaved (CIOS): four rows t = (t + a b[i]) / 2^64 reduced by one
+   MONT_ADDEND step each; 16 word products, none by p.  t stays below 2p, so one conditional
+   subtraction ends it. */
+FE_INLINE void fe_mul(fe *r, const fe *a, const fe *b) {
+    const uint64_t a0 = a->v[0], a1 = a->v[1], a2 = a->v[2], a3 = a->v[3];
+    uint64_t t0, t1, t2, t3, t4, d0, d1, d2, d3, bi, r1, r2, r3, r4;
+    u128 p0, p1, p2, p3;
+    carry_t c;
+    bi = b->v[0];
+    p0 = (u128)a0 * bi;
+    p1 = (u128)a1 * bi;
+    p2 = (u128)a2 * bi;
+    p3 = (u128)a3 * bi;
+    t0 = (uint64_t)p0;
+    c = 0;
+    t1 = addc((uint64_t)(p0 >> 64), (uint64_t)p1, &c);
+    t2 = addc((uint64_t)(p1 >> 64), (uint64_t)p2, &c);
+    t3 = addc((uint64_t)(p2 >> 64), (uint64_t)p3, &c);
+    t4 = (uint64_t)(p3 >> 64) + c;
+    for (int i = 1; i < 4; i++) {
+        /* t = (t + m p) / 2^64 for m = t0 */
+        MONT_ADDEND(t0, d0, d1, d2, d3);
+        c = 0;
+        t0 = addc(t1, d0, &c);
+        t1 = addc(t2, d1, &c);
+        t2 = addc(t3, d2, &c);
+        t3 = addc(t4, d3, &c);
+        t4 = c;
+        /* t += a b[i] */
+        bi = b->v[i];
+        p0 = (u128)a0 * bi;
+        p1 = (u128)a1 * bi;
+        p2 = (u128)a2 * bi;
+        p3 = (u128)a3 * bi;
+        c = 0;
+        r1 = addc((uint64_t)(p0 >> 64), (uint64_t)p1, &c);
+        r2 = addc((uint64_t)(p1 >> 64), (uint64_t)p2, &c);
+        r3 = addc((uint64_t)(p2 >> 64), (uint64_t)p3, &c);
+        r4 = (uint64_t)(p3 >> 64) + c;
+        c = 0;
+        t0 = addc(t0, (uint64_t)p0, &c);
+        t1 = addc(t1, r1, &c);
+        t2 = addc(t2, r2, &c);
+        t3 = addc(t3, r3, &c);
+        t4 = addc(t4, r4, &c);
     }
-    fe_reduce_once(r, t, t[4]);
+    MONT_ADDEND(t0, d0, d1, d2, d3);
+    c = 0;
+    t0 = addc(t1, d0, &c);
+    t1 = addc(t2, d1, &c);
+    t2 = addc(t3, d2, &c);
+    t3 = addc(t4, d3, &c);
+    fe_reduce5(r, t0, t1, t2, t3, c);
 }
 
-static void fe_sqr(fe *r, const fe *a) { fe_mul(r, a, a); }
+/* Montgomery square a^2 / 2^256 mod p for a < p, canonical: the 512-bit square from the six
+   cross products (doubled by a shift) and the four squares, 10 word products instead of 16;
+   then four MONT_ADDEND steps, the carry out of each step's top limb held and added with the
+   next step's addend instead of being carried up to limb 7. */
+FE_INLINE void fe_sqr(fe *r, const fe *a) {
+    const uint64_t a0 = a->v[0], a1 = a->v[1], a2 = a->v[2], a3 = a->v[3];
+    u128 p01 = (u128)a0 * a1, p02 = (u128)a0 * a2, p03 = (u128)a0 * a3;
+    u128 p12 = (u128)a1 * a2, p13 = (u128)a1 * a3, p23 = (u128)a2 * a3;
+    uint64_t t0, t1, t2, t3, t4, t5, t6, t7, d0, d1, d2, d3, k;
+    carry_t c;
+    /* the sum of a_i a_j 2^(64 (i + j)) over i < j, limbs t1..t6 */
+    t1 = (uint64_t)p01;
+    c = 0;
+    t2 = addc((uint64_t)(p01 >> 64), (uint64_t)p02, &c);
+    t3 = addc((uint64_t)(p02 >> 64), (uint64_t)p03, &c);
+    t4 = addc((uint64_t)(p03 >> 64), (uint64_t)p13, &c);
+    t5 = addc((uint64_t)(p13 >> 64), (uint64_t)p23, &c);
+    t6 = (uint64_t)(p23 >> 64) + c;
+    c = 0;
+    t3 = addc(t3, (uint64_t)p12, &c);
+    t4 = addc(t4, (uint64_t)(p12 >> 64), &c);
+    t5 = addc(t5, 0, &c);
+    t6 += c;
+    /* doubled */
+    t7 = t6 >> 63;
+    t6 = (t6 << 1) | (t5 >> 63);
+    t5 = (t5 << 1) | (t4 >> 63);
+    t4 = (t4 << 1) | (t3 >> 63);
+    t3 = (t3 << 1) | (t2 >> 63);
+    t2 = (t2 << 1) | (t1 >> 63);
+    t1 <<= 1;
+    /* plus the squares a_i^2 2^(128 i) */
+    u128 s0 = (u128)a0 * a0, s1 = (u128)a1 * a1, s2 = (u128)a2 * a2, s3 = (u128)a3 * a3;
+    t0 = (uint64_t)s0;
+    c = 0;
+    t1 = addc(t1, (uint64_t)(s0 >> 64), &c);
+    t2 = addc(t2, (uint64_t)s1, &c);
+    t3 = addc(t3, (uint64_t)(s1 >> 64), &c);
+    t4 = addc(t4, (uint64_t)s2, &c);
+    t5 = addc(t5, (uint64_t)(s2 >> 64), &c);
+    t6 = addc(t6, (uint64_t)s3, &c);
+    t7 += (uint64_t)(s3 >> 64) + c;
+    /* reduction: limbs 0..3 cleared one by one */
+    MONT_ADDEND(t0, d0, d1, d2, d3);
+    c = 0;
+    t1 = addc(t1, d0, &c);
+    t2 = addc(t2, d1, &c);
+    t3 = addc(t3, d2, &c);
+    t4 = addc(t4, d3, &c);
+    k = c;
+    MONT_ADDEND(t1, d0, d1, d2, d3);
+    d3 += k;
+    c = 0;
+    t2 = addc(t2, d0, &c);
+    t3 = addc(t3, d1, &c);
+    t4 = addc(t4, d2, &c);
+    t5 = addc(t5, d3, &c);
+    k = c;
+    MONT_ADDEND(t2, d0, d1, d2, d3);
+    d3 += k;
+    c = 0;
+    t3 = addc(t3, d0, &c);
+    t4 = addc(t4, d1, &c);
+    t5 = addc(t5, d2, &c);
+    t6 = addc(t6, d3, &c);
+    k = c;
+    MONT_ADDEND(t3, d0, d1, d2, d3);
+    d3 += k;
+    c = 0;
+    t4 = addc(t4, d0, &c);
+    t5 = addc(t5, d1, &c);
+    t6 = addc(t6, d2, &c);
+    t7 = addc(t7, d3, &c);
+    /* (a^2 + M p) / 2^256 < 2p */
+    fe_reduce5(r, t4, t5, t6, t7, c);
+}
 
 static int fe_is_zero(const fe *a) { return (a->v[0] | a->v[1] | a->v[2] | a->v[3]) == 0; }
 
