@@ -80,7 +80,7 @@ from gmpy2 import invert, mpz
 from pipeline.errors import CryptoError, InvalidInputError
 
 #: The ``sm2n_abi_version()`` this module's calls are written for (native/sm2_curve.c).
-NATIVE_ABI_VERSION = 3
+NATIVE_ABI_VERSION = 4
 
 
 def _load_native() -> Any:
@@ -129,13 +129,15 @@ GY = 0xBC3736A2F4F6779C59BDCEE36B692153D0A9877CC62A474002DF32E52139F0A0
 W = 11
 
 #: Window width of the native table for the constant-time [k]G: ceil(256/6) = 43
-#: rows of 63 points, ~176 KB.  Measured in C (us per [k]G, the whole row scanned
-#: per window): width 4 25.8, 5 22.1, 6 20.2, 7 20.9, 8 23.2.
+#: rows of 63 points, ~176 KB.  The C code recodes k in signed digits (Booth), so
+#: the width must not divide 256 (it refuses 2, 4 and 8) and it scans entries
+#: 1..32 of each row.  Measured in C (us per [k]G): width 3 16.8, 5 11.2, 6 10.0,
+#: 7 9.9 (with a table 1.7x the size).
 NATIVE_WIDTH = 6
 
 #: Window width of the native tables for the variable-time [s]G + [t]Q (G's and
 #: each :class:`FixedBaseTable`'s): 32 rows of 255 points, ~522 KB, built in ~6 ms
-#: (one inversion per row).  Measured in C (us per sum): width 6 32.0, 7 27.6, 8 24.6.
+#: (one inversion per row).  Measured in C (us per sum): width 6 16.4, 7 14.2, 8 12.5.
 NATIVE_VT_WIDTH = 8
 
 _p = mpz(P)

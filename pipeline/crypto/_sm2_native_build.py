@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "native" / "sm2_curve.c"
 
 #: What ``sm2n_abi_version()`` of the C source returns; the loader checks it.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 CDEF = """
 int sm2n_abi_version(void);
@@ -38,6 +38,8 @@ int sm2n_mul2_vt(const sm2n_table *g, const unsigned char s[32], const sm2n_tabl
 int sm2n_mul2_vt_x_equals(const sm2n_table *g, const unsigned char s[32], const sm2n_table *q,
                           const unsigned char t[32], const unsigned char v[32]);
 int sm2n_point_valid(const unsigned char xy[64]);
+int sm2n_field_op(int op, const unsigned char a[32], const unsigned char b[32],
+                  unsigned char out[32]);
 """
 
 ffibuilder = FFI()

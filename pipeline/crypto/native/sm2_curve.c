@@ -5,10 +5,12 @@
  * Only the hot operations of card preparation live here:
  *
  *   sm2n_mul_base_ct   [k]G for a secret k in [1, n-1] (ICC key generation,
- *                      signature nonces): fixed windows over a table of
- *                      i * 2^(wj) * G, every table row scanned in full (the
- *                      memory access pattern does not depend on k), no branch
- *                      on k.  The Jacobian result is randomised by a caller's
+ *                      signature nonces): fixed windows of signed digits
+ *                      d_j in [-2^(w-1), 2^(w-1)] (Booth recoding) over a
+ *                      table of i * 2^(wj) * G, entries 1 .. 2^(w-1) of every
+ *                      row scanned in full (the memory access pattern does
+ *                      not depend on k), y negated by a mask for d_j < 0, no
+ *                      branch on k.  The Jacobian result is randomised by a caller's
  *                      random factor r, (X r^2, Y r^3, Z r) (the same point),
  *                      so that the caller's variable-time inversion of Z r
  *                      learns nothing about k.
@@ -23,6 +25,8 @@
  *                      inversion and no point leaves C.
  *   sm2n_point_valid   whether 64 bytes x || y are a point on the curve
  *                      (GB/T 32918.1 6.2.1 b, c).
+ *   sm2n_field_op      one field operation on 32-byte operands, for the tests
+ *                      to hold the field arithmetic to Python's integers.
  *
  * The point results are Jacobian (X, Y, Z), checked to be on the curve; the
  * Python caller makes them affine with one gmpy2 inversion, ~0.8 us against
@@ -40,8 +44,8 @@
  * fe_sqr forms the 512-bit square from 10 word products first; both end with
  * one conditional subtraction of p, done, like fe_add's and fe_sub's, with
  * carry chains and masks (no branch, no table look-up).  The carries use the
- * adc/sbb intrinsics on x86-64 and 128-bit arithmetic elsewhere
- * (-DSM2N_PORTABLE forces the latter).
+ * adc/sbb intrinsics on x86-64 and plain C elsewhere (-DSM2N_PORTABLE forces
+ * the latter).
  *
  * Formulas (Bernstein-Lange Explicit-Formulas Database, a = -3), the same as
  * the pure-Python module: mixed addition "madd-2004-hmv", doubling
@@ -49,12 +53,19 @@
  * gmssl on random scalars and against the GB/T 32918 known answers
  * (tests/unit/crypto/test_sm2_native.py).
  *
- * Why [k]G never meets an exceptional case in sm2n_mul_base_ct: before window
- * j the accumulator is [m]G with 0 <= m < 2^(4j), the point added is
- * [d 2^(4j)]G with 1 <= d <= 15, and m + d 2^(4j) <= k < n, so the two are
- * never equal or opposite unless m = 0 (the accumulator is infinity), which
- * is selected separately.  A zero digit adds a dummy point whose result is
- * discarded.
+ * Why [k]G never meets an exceptional case in sm2n_mul_base_ct (width w, R
+ * rows, w not dividing 256, so the top window has tb < w bits): before window
+ * j the accumulator is [m]G with m = (k mod 2^(wj)) - c 2^(wj), c the carry
+ * into window j, so |m| < 2^(wj), and m = 0 only while every digit so far was
+ * 0 (the accumulator is infinity, selected separately).  Below the top
+ * window the point added is [d 2^(wj)]G with 1 <= |d| <= 2^(w-1), and
+ * |m| + |d| 2^(wj) < 2^(w(R-1)) < n, so m = +-d 2^(wj) mod n would need it as
+ * integers, which |m| < 2^(wj) rules out.  In the top window d >= 0 and
+ * m + d 2^(wj) = k: never P + (-P) as k != 0 mod n; a doubling would need
+ * k = 2 d 2^(wj) - n, i.e. n = (K + 2c) 2^(wj) - (k mod 2^(wj)) for K = k >>
+ * wj < 2^tb; as 2^256 - n < 2^225 that means K + 2c = 2^tb and k mod 2^(wj) =
+ * 2^256 - n, whose window below the top is 0 so that c = 0 and K = 2^tb:
+ * impossible.  A zero digit adds a dummy point whose result is discarded.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -67,7 +78,7 @@ typedef struct { fe X, Y, Z; } jacobian;
 
 /* Bumped whenever a signature or an output layout below changes: the Python loader refuses a
    compiled module of another version (a tree updated without re-running tests/setup.sh). */
-#define SM2N_ABI_VERSION 3
+#define SM2N_ABI_VERSION 4
 
 int sm2n_abi_version(void) { return SM2N_ABI_VERSION; }
 
@@ -96,9 +107,12 @@ static int ready = 0;
 
 /* ---- field arithmetic mod p ------------------------------------------------------------- */
 
-/* Add and subtract with carry.  On x86-64 the compiler's intrinsics (adc and sbb, which every
-   x86-64 CPU has: no target flag needed) keep the carry in the flags; elsewhere, or compiled
-   with -DSM2N_PORTABLE, the 128-bit definitions below, which compute the same thing. */
+/* Add and subtract with carry (carry in and out 0 or 1).  On x86-64 the compiler's intrinsics
+   (adc and sbb, which every x86-64 CPU has: no target flag needed) keep the carry in the
+   flags; elsewhere, or compiled with -DSM2N_PORTABLE, the plain C definitions below, which
+   compute the same thing and which compilers turn into the target's add-with-carry where they
+   can (gcc on x86-64 does not: there they take twice as long as the intrinsics, the
+   arithmetic as a whole about as long as the generic Montgomery code it replaced). */
 #if defined(__x86_64__) && !defined(SM2N_PORTABLE)
 #include <immintrin.h>
 typedef unsigned char carry_t;
@@ -115,14 +129,18 @@ static inline uint64_t subb(uint64_t a, uint64_t b, carry_t *c) {
 #else
 typedef uint64_t carry_t;
 static inline uint64_t addc(uint64_t a, uint64_t b, carry_t *c) {
-    u128 s = (u128)a + b + *c;
-    *c = (uint64_t)(s >> 64);
-    return (uint64_t)s;
+    uint64_t s = a + b;
+    uint64_t c1 = s < a;
+    uint64_t r = s + *c;
+    *c = c1 | (r < s);
+    return r;
 }
 static inline uint64_t subb(uint64_t a, uint64_t b, carry_t *c) {
-    u128 d = (u128)a - b - *c;
-    *c = (uint64_t)(d >> 64) & 1;
-    return (uint64_t)d;
+    uint64_t d = a - b;
+    uint64_t c1 = a < b;
+    uint64_t r = d - *c;
+    *c = c1 | (d < *c);
+    return r;
 }
 #endif
 
@@ -678,27 +696,82 @@ static void randomise(jacobian *a, const unsigned char blind[32]) {
     fe_mul(&a->Z, &a->Z, &r);
 }
 
+/* q = row[mag] for 0 <= mag <= count ((0, 0) for mag = 0), reading every entry 1 .. count
+   whatever mag is, with no branch on it: each entry is and-ed with an all-ones or all-zero
+   mask and or-ed into q.  With gcc or clang, in 128-bit vectors (their generic vector
+   extension: SSE2 on x86-64, scalar code where a target has none), 1.5x faster than the
+   compiler's own vectorisation of the scalar loop below (which -DSM2N_PORTABLE selects). */
+static inline void select_entry_ct(affine *q, const affine *row, unsigned count, unsigned mag) {
+#if defined(__GNUC__) && !defined(SM2N_PORTABLE)
+    typedef uint64_t v2u64 __attribute__((vector_size(16)));
+    v2u64 a0 = {0, 0}, a1 = {0, 0}, a2 = {0, 0}, a3 = {0, 0};
+    for (unsigned i = 1; i <= count; i++) {
+        uint64_t m = (uint64_t)0 - (((uint64_t)(i ^ mag) - 1) >> 63); /* all ones: i = mag */
+        v2u64 mv = {m, m}, e0, e1, e2, e3;
+        memcpy(&e0, &row[i].x.v[0], 16);
+        memcpy(&e1, &row[i].x.v[2], 16);
+        memcpy(&e2, &row[i].y.v[0], 16);
+        memcpy(&e3, &row[i].y.v[2], 16);
+        a0 |= e0 & mv;
+        a1 |= e1 & mv;
+        a2 |= e2 & mv;
+        a3 |= e3 & mv;
+    }
+    memcpy(&q->x.v[0], &a0, 16);
+    memcpy(&q->x.v[2], &a1, 16);
+    memcpy(&q->y.v[0], &a2, 16);
+    memcpy(&q->y.v[2], &a3, 16);
+#else
+    uint64_t qx[4] = {0, 0, 0, 0}, qy[4] = {0, 0, 0, 0};
+    for (unsigned i = 1; i <= count; i++) {
+        uint64_t m = (uint64_t)0 - (((uint64_t)(i ^ mag) - 1) >> 63); /* all ones: i = mag */
+        for (int l = 0; l < 4; l++) {
+            qx[l] |= row[i].x.v[l] & m;
+            qy[l] |= row[i].y.v[l] & m;
+        }
+    }
+    memcpy(q->x.v, qx, sizeof qx);
+    memcpy(q->y.v, qy, sizeof qy);
+#endif
+}
+
 /* [k]B for the table's base B and a secret k in [1, n-1] (32 bytes big-endian), in constant
    time as described at the top, randomised by r = blind mod p (1 if that is 0): out is
-   (X r^2, Y r^3, Z r) and the return value as write_jacobian. */
+   (X r^2, Y r^3, Z r) and the return value as write_jacobian; -2 for a table whose width
+   divides 256 (the signed digits need a top window narrower than the others).
+
+   Signed digits (Booth recoding): window j's value plus the carry from below, w in
+   [0, 2^width], becomes the digit w - 2^width (carry 1) when w >= 2^(width-1), else w (carry
+   0); the top window takes its w as it is (at most 2^(its bits) <= 2^(width-1), no carry).
+   So |digit| <= 2^(width-1): entries 1 .. 2^(width-1) of each row are scanned, and the
+   selected point's y is negated, without a branch, for a negative digit. */
 int sm2n_mul_base_ct(const sm2n_table *t, const unsigned char k[32], const unsigned char blind[32],
                      unsigned char out[96]) {
+    if (256 % t->width == 0) return -2;
+    const unsigned half = (unsigned)t->per_row / 2;
+    const fe zero = {{0, 0, 0, 0}};
     jacobian acc;
     memset(&acc, 0, sizeof acc);
     uint64_t acc_inf = ~(uint64_t)0; /* all ones while the accumulator is infinity */
+    unsigned carry = 0;
     for (int j = 0; j < t->rows; j++) {
-        unsigned d = digit_at(k, j * t->width, t->width);
+        unsigned w = digit_at(k, j * t->width, t->width) + carry; /* 0 .. 2^width */
+        unsigned neg = 0;
+        if (j < t->rows - 1) { /* (the row index is public) */
+            neg = (w + half) >> t->width; /* 1 when w >= 2^(width-1) */
+            carry = neg;
+        }
+        unsigned nmask = 0u - neg;
+        unsigned mag = (((unsigned)t->per_row - w) & nmask) | (w & ~nmask); /* 0 .. half */
         const affine *row = t->points + (size_t)j * t->per_row;
         affine q;
-        memset(&q, 0, sizeof q);
-        for (int i = 1; i < t->per_row; i++) { /* read every entry: no k-dependent address */
-            uint64_t m = (uint64_t)0 - (uint64_t)(((unsigned)i ^ d) == 0);
-            select_fe(&q.x, &row[i].x, m);
-            select_fe(&q.y, &row[i].y, m);
-        }
+        select_entry_ct(&q, row, half, mag);
+        fe negy; /* -y; 0 for the dummy (0, 0) of a zero digit */
+        fe_sub(&negy, &zero, &q.y);
+        select_fe(&q.y, &negy, (uint64_t)0 - (uint64_t)neg);
         jacobian sum;
         jac_madd_raw(&sum, &acc, &q, NULL, NULL);
-        uint64_t nonzero = (uint64_t)0 - (uint64_t)(d != 0);
+        uint64_t nonzero = (((uint64_t)mag - 1) >> 63) - 1; /* all ones when mag != 0 */
         /* acc infinity and d != 0: take q itself */
         uint64_t take_q = acc_inf & nonzero;
         uint64_t take_sum = ~acc_inf & nonzero;
@@ -789,4 +862,27 @@ int sm2n_point_valid(const unsigned char xy[64]) {
     to_mont(&x, &x);
     to_mont(&y, &y);
     return on_curve(&x, &y);
+}
+
+/* One field operation on a, b < p (32 bytes big-endian each), for tests: op 0 the Montgomery
+   product a b / 2^256, 1 the Montgomery square a^2 / 2^256, 2 a + b, 3 a - b, 4 the Montgomery
+   inverse 2^512 / a (0 for a = 0), all mod p, into out (32 bytes big-endian).  Returns 1, or 0
+   (out untouched) when an operand is not below p or op is none of these. */
+int sm2n_field_op(int op, const unsigned char a[32], const unsigned char b[32],
+                  unsigned char out[32]) {
+    init_constants();
+    fe x, y, r;
+    fe_from_bytes(&x, a);
+    fe_from_bytes(&y, b);
+    if (!fe_canonical(&x) || !fe_canonical(&y)) return 0;
+    switch (op) {
+    case 0: fe_mul(&r, &x, &y); break;
+    case 1: fe_sqr(&r, &x); break;
+    case 2: fe_add(&r, &x, &y); break;
+    case 3: fe_sub(&r, &x, &y); break;
+    case 4: fe_inv(&r, &x); break;
+    default: return 0;
+    }
+    fe_to_bytes(out, &r);
+    return 1;
 }

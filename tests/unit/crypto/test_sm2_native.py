@@ -389,3 +389,124 @@ def test_a_coordinate_not_below_p_is_refused_even_if_its_residue_is_on_the_curve
     if small_y + p < 1 << 256:
         assert curve.point_bytes_on_curve(_xy(x, small_y))
         assert not curve.point_bytes_on_curve(_xy(x, small_y + p))
+
+
+# --- ABI 4: signed-digit windows of the constant-time [k]G; the field arithmetic itself ----
+
+
+def _booth_edge_scalars() -> list[int]:
+    """Scalars whose signed 6-bit digits (the [k]G table's) sit at the recoding's boundaries.
+
+    Window values 31 (the largest digit kept as it is), 32 (the first made negative), 33 and
+    63 (negative digits whose carries ripple upwards), alternating 31/32; top windows near the
+    only place a doubling could arise, k = 2 d 2^252 - n, and 2^256 - n plus multiples of
+    2^252 (the low part that would need).
+    """
+    width = curve.NATIVE_WIDTH
+    out = []
+    for digits in ([31], [32], [33], [63], [31, 32], [32, 31], [1, 63], [63, 1]):
+        k = 0
+        for i, j in enumerate(range(0, 256, width)):
+            k |= digits[i % len(digits)] << j
+        out.append(k % N or 1)
+    for d in range(16):
+        for delta in (-2, -1, 0, 1, 2):
+            out += [
+                (2 * d * (1 << 252) - N + delta) % N,
+                ((1 << 256) - N + d * (1 << 252) + delta) % N,
+            ]
+    return [k for k in out if k]
+
+
+def test_mul_base_matches_python_on_signed_digit_edges() -> None:
+    assert 256 % curve.NATIVE_WIDTH != 0  # the C code refuses widths that divide 256
+    for k in _booth_edge_scalars():
+        assert curve.mul_base(k) == curve._mul_base_py(k), hex(k)
+        point = curve._mul_base_py(k)
+        assert point is not None
+        assert curve.mul_base_x(k) == int(point[0]), hex(k)
+
+
+def test_mul_base_ct_refuses_a_table_whose_width_divides_256() -> None:
+    ffi, lib = curve._native.ffi, curve._native.lib
+    table = curve._native_table(G, 4)
+    out = ffi.new("unsigned char[96]")
+    assert lib.sm2n_mul_base_ct(table, (5).to_bytes(32, "big"), bytes(32), out) == -2
+
+
+P = curve.P
+R_INV = pow(1 << 256, -1, P)
+MUL, SQR, ADD, SUB, INV = range(5)
+
+
+def _field_op(op: int, a: int, b: int = 0) -> int | None:
+    """The C field operation ``op`` on a, b as 32-byte operands; None when it refuses them."""
+    ffi, lib = curve._native.ffi, curve._native.lib
+    out = ffi.new("unsigned char[32]")
+    if lib.sm2n_field_op(op, a.to_bytes(32, "big"), b.to_bytes(32, "big"), out) != 1:
+        return None
+    return int.from_bytes(ffi.buffer(out)[:], "big")
+
+
+def _field_expected(op: int, a: int, b: int) -> int:
+    if op == MUL:
+        return a * b * R_INV % P
+    if op == SQR:
+        return a * a * R_INV % P
+    if op == ADD:
+        return (a + b) % P
+    if op == SUB:
+        return (a - b) % P
+    return pow(a, -1, P) * (1 << 512) % P if a else 0
+
+
+def _field_edges() -> list[int]:
+    """0, 1, p-1, p-2, powers of two around every limb boundary and 2^255, all-ones limbs."""
+    out = [0, 1, 2, 3, P - 1, P - 2, P - 3, P - 4, (P - 1) // 2, (P + 1) // 2]
+    out += [(1 << 256) % P, (1 << 512) % P, (1 << 255) - 1, 1 << 255, (1 << 255) + 1]
+    for e in (31, 32, 33, 63, 64, 65, 95, 96, 127, 128, 159, 160, 191, 192, 223, 224, 254):
+        out += [1 << e, (1 << e) - 1, (1 << e) + 1]
+    ones = (1 << 64) - 1
+    for mask in range(1, 16):  # limbs all ones or zero, below p
+        value = sum(ones << (64 * i) for i in range(4) if mask >> i & 1)
+        out += [value % P, P - 1 - (value % P)]
+    out += [P - (1 << 224), P - (1 << 96), P - (1 << 64), (1 << 256) - P, curve.B, curve.GX]
+    return sorted({v for v in out if 0 <= v < P})
+
+
+def test_field_ops_match_python_integers_on_edge_values() -> None:
+    edges = _field_edges()
+    for a in edges:
+        assert _field_op(SQR, a) == _field_expected(SQR, a, a), hex(a)
+        assert _field_op(INV, a) == _field_expected(INV, a, a), hex(a)
+        for b in edges:
+            for op in (MUL, ADD, SUB):
+                assert _field_op(op, a, b) == _field_expected(op, a, b), (op, hex(a), hex(b))
+
+
+def test_field_ops_match_python_integers_on_random_values() -> None:
+    rng = secrets.SystemRandom()
+    for _ in range(3000):
+        a, b = rng.randrange(P), rng.randrange(P)
+        if rng.random() < 0.3:  # near p, the carries' edge
+            a = P - 1 - rng.randrange(1 << 64)
+        for op in (MUL, SQR, ADD, SUB):
+            assert _field_op(op, a, b) == _field_expected(op, a, b), (op, hex(a), hex(b))
+    for _ in range(50):
+        a = rng.randrange(P)
+        assert _field_op(INV, a) == _field_expected(INV, a, a), hex(a)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=P - 1), st.integers(min_value=0, max_value=P - 1))
+def test_field_ops_match_python_integers(a: int, b: int) -> None:
+    for op in (MUL, SQR, ADD, SUB):
+        assert _field_op(op, a, b) == _field_expected(op, a, b), op
+
+
+def test_field_op_refuses_operands_not_below_p_and_unknown_ops() -> None:
+    assert _field_op(MUL, P, 1) is None
+    assert _field_op(ADD, 1, P) is None
+    assert _field_op(SUB, (1 << 256) - 1, 0) is None
+    assert _field_op(5, 1, 1) is None
+    assert _field_op(-1, 1, 1) is None
