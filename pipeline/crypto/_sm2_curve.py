@@ -42,17 +42,18 @@ Native code (``pipeline/crypto/native/sm2_curve.c``, a CFFI extension built by
 :func:`mul_base_add_fixed_x_equals` and :func:`point_bytes_on_curve` run in C over
 fixed-base tables built in a few milliseconds (width :data:`NATIVE_WIDTH` for
 [k]G, :data:`NATIVE_VT_WIDTH` for verification): [k]G in constant time
-(every table row read in full, no branch on k), its Jacobian result
-randomised in C by a random factor r, (X r^2, Y r^3, Z r), so that the
+(signed digits, entries 1..32 of every table row read in full, no branch
+on k), its Jacobian result randomised in C by a random factor r,
+(X r^2, Y r^3, Z r), so that the
 variable-time :func:`gmpy2.invert` of Z r here learns nothing about k;
 [s]G + [t]Q in variable time (public scalars), and for a signature check only
 whether its x is v mod n, tested in C as X == v Z^2 without an inversion.
 Each computes the same answers as the Python code below, which stays the
 reference and the fallback (``CARDPREP_SM2_NATIVE=0`` forces it); tests
 compare the two on random and edge scalars.  Measured on the development
-machine: [k]G ~21 us in C (~25 us with the call and the affine conversion
-here) against 50-80 us in Python, a precomputed verification check ~25 us
-against 76-134 us.
+machine: [k]G ~10 us in C (~14 us with the call and the affine conversion
+here) against 50-80 us in Python, a precomputed verification check ~12 us
+in C (~14 us with the call) against 76-134 us.
 
 NOT constant time (the Python path): Python big integers leak timing through
 their size and every branch here depends on the scalar.  That is acceptable
