@@ -29,15 +29,16 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline.errors import ReconciliationError
+from pipeline.errors import ReconciliationError, VerificationError
 from pipeline.io.manifest import load_manifest, verify_manifest_mac
 from pipeline.io.paths import BatchPaths, sha256_file
-from pipeline.io.perso import count_bureau_records
+from pipeline.io.perso import BureauHeader, count_bureau_records
 from pipeline.io.report import key_roles
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Threads hashing the listed files while the bureau file is counted (:func:`_recount`).
+HASH_THREADS = 2
 
 #: The audit action of a published batch (one per manifest).
 PUBLISHED_EVENT = "batch.published"
@@ -121,31 +125,54 @@ def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
     its part row and sealed card is ``cardprep verify``'s
     (:mod:`pipeline.steps.verify`).  Decoding only to count cost ~10 us per
     card here (issue 7).
+
+    The reading is overlapped (issue 7: reconcile runs with the workers gone,
+    one core idle): every file's SHA-256 is computed on background threads
+    (``hashlib`` releases the GIL on large blocks) while this thread counts
+    the bureau records; the checks are then made file by file in the
+    manifest's order, as before, so a file fails with the same error.
     """
-    counts = {"part": 0, "rejects": 0, "bureau": 0}
-    for entry in manifest["files"]:
-        path = base / entry["path"]
-        if not path.exists():
-            raise ReconciliationError(f"{path} [exists]", "listed in the manifest but missing")
-        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
-            raise ReconciliationError(f"{path} [sha256]", "differs from the manifest")
-        kind = entry["kind"]
-        if kind in ("part", "rejects"):
-            rows = int(pq.ParquetFile(path).metadata.num_rows)
-            counts[kind] += rows
-        elif kind == "bureau":
-            # count-only: the SHA-256 above already ties the file to the MACed
-            # manifest; decoding every record is `cardprep verify`'s full check
-            header, rows = count_bureau_records(path)
-            if rows != header.cards:
+    entries = [(base / entry["path"], entry) for entry in manifest["files"]]
+    with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="recount") as hashing:
+        digests = {
+            i: hashing.submit(sha256_file, path) for i, (path, _) in enumerate(entries)
+            if path.exists()
+        }  # fmt: skip
+        bureau: dict[int, tuple[BureauHeader, int] | VerificationError] = {}
+        for i, (path, entry) in enumerate(entries):
+            if entry["kind"] == "bureau" and i in digests:
+                try:
+                    bureau[i] = count_bureau_records(path)
+                except VerificationError as exc:  # raised below, after the file's SHA-256
+                    bureau[i] = exc
+        counts = {"part": 0, "rejects": 0, "bureau": 0}
+        for i, (path, entry) in enumerate(entries):
+            if i not in digests:
+                raise ReconciliationError(f"{path} [exists]", "listed in the manifest but missing")
+            if path.stat().st_size != entry["size"] or digests[i].result() != entry["sha256"]:
+                raise ReconciliationError(f"{path} [sha256]", "differs from the manifest")
+            kind = entry["kind"]
+            if kind in ("part", "rejects"):
+                rows = int(pq.ParquetFile(path).metadata.num_rows)
+                counts[kind] += rows
+            elif kind == "bureau":
+                # count-only: the SHA-256 above already ties the file to the MACed
+                # manifest; decoding every record is `cardprep verify`'s full check
+                counted = bureau[i]
+                if isinstance(counted, VerificationError):
+                    raise counted
+                header, rows = counted
+                if rows != header.cards:
+                    raise ReconciliationError(
+                        f"{path} [count]", f"{rows} records, header {header.cards}"
+                    )
+                counts["bureau"] += rows
+            else:
+                continue
+            if "rows" in entry and rows != entry["rows"]:
                 raise ReconciliationError(
-                    f"{path} [count]", f"{rows} records, header {header.cards}"
+                    f"{path} [rows]", f"{rows} rows, manifest {entry['rows']}"
                 )
-            counts["bureau"] += rows
-        else:
-            continue
-        if "rows" in entry and rows != entry["rows"]:
-            raise ReconciliationError(f"{path} [rows]", f"{rows} rows, manifest {entry['rows']}")
     c = manifest["counts"]
     if counts["part"] != c["prepared"] or counts["bureau"] != c["prepared"]:
         raise ReconciliationError(

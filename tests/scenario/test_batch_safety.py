@@ -26,7 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import BatchLockedError, PublishError, VerificationError
+from pipeline.errors import (
+    BatchLockedError,
+    PublishError,
+    ReconciliationError,
+    VerificationError,
+)
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import seal_manifest, write_manifest
 from pipeline.io.parts import PART_SCHEMA
@@ -259,3 +264,44 @@ def test_reconcile_again_audits_nothing_new(
     again = reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
     assert again["audit_seq"] == published.summary["audit_seq"] and events() == before
     assert again["counts"] == published.summary["counts"]
+
+
+def _reseal(env: BatchEnv, copy: Path, file: Path) -> None:
+    """Re-seal the copy's manifest with the size and SHA-256 of ``file`` now (an insider)."""
+    path = copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["files"]:
+        if copy / entry["path"] == file:
+            entry["sha256"], entry["size"] = sha256_file(file), file.stat().st_size
+    write_manifest(path, seal_manifest(manifest, env.store, KeyRef.parse(manifest["mac"]["key"])))
+
+
+def test_reconcile_refuses_a_file_that_differs_from_the_manifest(
+    env: BatchEnv, copy: Path
+) -> None:
+    """The recount hashes on background threads; a file still fails with its own error."""
+    part = copy / "parts" / "part-00000.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    part.write_bytes(bytes(data))
+    bureau = next((copy / "bureau").glob("*.cps"))
+    bureau.write_text(bureau.read_text()[: bureau.read_text().rindex("T|")])  # trailer gone
+    # the first listed file that differs is named, before the bureau's structure is looked at
+    with pytest.raises(ReconciliationError, match=r"part-00000.parquet \[sha256\]"):
+        reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
+    _reseal(env, copy, part)
+    with pytest.raises(ReconciliationError, match=r"\.cps \[sha256\]"):  # not "[trailer]"
+        reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
+    (copy / "parts" / "part-00001.parquet").unlink()  # listed before the bureau file
+    with pytest.raises(ReconciliationError, match=r"part-00001.parquet \[exists\]"):
+        reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
+
+
+def test_reconcile_counts_a_bureau_file_the_manifest_vouches_for(
+    env: BatchEnv, copy: Path
+) -> None:
+    bureau = next((copy / "bureau").glob("*.cps"))
+    bureau.write_text(bureau.read_text()[: bureau.read_text().rindex("T|")])  # trailer gone
+    _reseal(env, copy, bureau)
+    with pytest.raises(VerificationError, match=r"\.cps \[trailer\]"):
+        reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
