@@ -43,6 +43,7 @@ import binascii
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -343,7 +344,12 @@ def _dgi_field(dgis: tuple[tuple[int, bool], ...]) -> str:
 class BureauFileWriter:
     """Streams the bureau file to a temporary name; the rename happens in :meth:`close`.
 
-    Use as a context manager; an exception discards the partial file.
+    Use as a context manager; an exception discards the partial file.  Once
+    closed, :attr:`sha256` is the SHA-256 of the whole file as written (the
+    manifest's entry for it), so nobody reads it back to hash it.  Both
+    digests (the trailer's over the records, the file's) are computed on a
+    background thread, in write order, while the caller formats the next
+    records (``hashlib`` releases the GIL on large blocks; issue 7).
     """
 
     def __init__(self, path: Path, header: BureauHeader) -> None:
@@ -351,12 +357,20 @@ class BureauFileWriter:
         self.header = header
         self._ctx = atomic_writer(path)
         self._fh: IO[bytes] | None = None
-        self._digest = hashlib.sha256()
+        self._digest = hashlib.sha256()  # the records: the trailer's hash
+        self._file_digest = hashlib.sha256()  # every byte of the file
+        self._hashing: ThreadPoolExecutor | None = None
+        self._hashed: list[Future[None]] = []
         self.count = 0
+        #: hex SHA-256 of the whole file, set when it is closed without error
+        self.sha256: str | None = None
 
     def __enter__(self) -> BureauFileWriter:
         self._fh = self._ctx.__enter__()
-        self._fh.write(self.header.line().encode("ascii") + b"\n")
+        self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bureau-sha256")
+        head = self.header.line().encode("ascii") + b"\n"
+        self._fh.write(head)
+        self._file_digest.update(head)
         return self
 
     def write(self, card: BureauCard) -> None:
@@ -373,16 +387,20 @@ class BureauFileWriter:
         for the same cards, without a :class:`BureauCard` per card or a write
         and a hash update per record.
         """
-        assert self._fh is not None
+        assert self._fh is not None and self._hashing is not None
         seq = self.count
         records = []
         for line_no, product, masked_pan, tk, dgis, sealed in cards:
             seq += 1
             records.append(bureau_record(seq, line_no, product, masked_pan, tk, dgis, sealed))
         data = b"".join(records)
-        self._digest.update(data)
+        self._hashed.append(self._hashing.submit(self._hash_records, data))
         self._fh.write(data)
         self.count = seq
+
+    def _hash_records(self, data: bytes) -> None:
+        self._digest.update(data)
+        self._file_digest.update(data)
 
     def __exit__(
         self,
@@ -390,7 +408,15 @@ class BureauFileWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._fh is not None
+        assert self._fh is not None and self._hashing is not None
+        self._hashing.shutdown(wait=True)  # every block hashed, in order
+        if exc is None:
+            try:
+                for block in self._hashed:
+                    block.result()  # a hashing failure is the file's
+            except BaseException as failed:
+                self._ctx.__exit__(type(failed), failed, failed.__traceback__)  # discards it
+                raise
         if exc is None and self.count != self.header.cards:
             err = VerificationError(
                 f"{self.path} [count]",
@@ -399,9 +425,12 @@ class BureauFileWriter:
             self._ctx.__exit__(VerificationError, err, None)  # discards the temporary file
             raise err
         if exc is None:
-            trailer = f"T{_SEP}{self.count}{_SEP}{self._digest.hexdigest()}\n"
-            self._fh.write(trailer.encode("ascii"))
+            trailer = f"T{_SEP}{self.count}{_SEP}{self._digest.hexdigest()}\n".encode("ascii")
+            self._fh.write(trailer)
+            self._file_digest.update(trailer)
         self._ctx.__exit__(exc_type, exc, tb)
+        if exc is None:
+            self.sha256 = self._file_digest.hexdigest()
 
 
 def _open_bureau_file(path: Path) -> tuple[BureauHeader, IO[bytes]]:

@@ -40,6 +40,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -288,12 +289,15 @@ def _products(
     return products, dict(sorted(kcvs.items()))
 
 
-def _file_entry(path: Path, base: Path, kind: str, rows: int | None = None) -> dict[str, Any]:
+def _file_entry(
+    path: Path, base: Path, kind: str, rows: int | None = None, *, sha256: str | None = None
+) -> dict[str, Any]:
+    """The manifest's entry of ``path`` (its SHA-256 read from disk unless ``sha256`` is given)."""
     entry: dict[str, Any] = {
         "path": str(path.relative_to(base)),
         "kind": kind,
         "size": path.stat().st_size,
-        "sha256": sha256_file(path),
+        "sha256": sha256 if sha256 is not None else sha256_file(path),
     }
     if rows is not None:
         entry["rows"] = rows
@@ -457,24 +461,30 @@ def _write_outputs(  # noqa: PLR0917 (internal)
     )
     paths.bureau_file.parent.mkdir(parents=True, exist_ok=True)
     tk_of = {product: p["keys"]["tk"] for product, p in products.items()}
-    with BureauFileWriter(paths.bureau_file, header) as writer:
-        for r in ordered:
-            for cols in iter_part_batches(paths.part(int(r["index"])), columns=_BUREAU_COLUMNS):
-                writer.write_many(
-                    (int(line_no), product, masked, tk_of[product],
-                     tuple(zip(ids, flags, strict=True)), sealed)
-                    for line_no, product, masked, ids, flags, sealed in zip(
-                        cols["line_no"], cols["product"], cols["masked_pan"], cols["dgi_ids"],
-                        cols["dgi_encrypted"], cols["card_data"], strict=True,
-                    )
-                )  # fmt: skip
-    sources = [paths.parse_rejects] + [paths.part_rejects(int(r["index"])) for r in ordered]
-    reason_counts = merge_reject_files(sources, paths.rejects_parquet, paths.rejects_csv)
-    rejected = sum(reason_counts.values())
-    files = [
-        _file_entry(paths.part(int(r["index"])), base, "part", int(r["prepared"])) for r in ordered
-    ]
-    files.append(_file_entry(paths.bureau_file, base, "bureau", total))
+    part_paths = [paths.part(int(r["index"])) for r in ordered]
+    # the parts are final: hashed on a background thread (hashlib releases the GIL) while
+    # this one formats the bureau file, whose writer hashes what it writes (issue 7)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as hashing:
+        part_sha256 = [hashing.submit(sha256_file, path) for path in part_paths]
+        with BureauFileWriter(paths.bureau_file, header) as writer:
+            for part_path in part_paths:
+                for cols in iter_part_batches(part_path, columns=_BUREAU_COLUMNS):
+                    writer.write_many(
+                        (int(line_no), product, masked, tk_of[product],
+                         tuple(zip(ids, flags, strict=True)), sealed)
+                        for line_no, product, masked, ids, flags, sealed in zip(
+                            cols["line_no"], cols["product"], cols["masked_pan"],
+                            cols["dgi_ids"], cols["dgi_encrypted"], cols["card_data"], strict=True,
+                        )
+                    )  # fmt: skip
+        sources = [paths.parse_rejects] + [paths.part_rejects(int(r["index"])) for r in ordered]
+        reason_counts = merge_reject_files(sources, paths.rejects_parquet, paths.rejects_csv)
+        rejected = sum(reason_counts.values())
+        files = [
+            _file_entry(path, base, "part", int(r["prepared"]), sha256=digest.result())
+            for path, r, digest in zip(part_paths, ordered, part_sha256, strict=True)
+        ]
+    files.append(_file_entry(paths.bureau_file, base, "bureau", total, sha256=writer.sha256))
     files.append(_file_entry(paths.rejects_parquet, base, "rejects", rejected))
     files.append(_file_entry(paths.rejects_csv, base, "rejects-csv", rejected))
     return files

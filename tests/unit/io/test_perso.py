@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import InvalidInputError, VerificationError
+from pipeline.io.paths import sha256_file
 from pipeline.io.perso import (
     BureauCard,
     BureauFileWriter,
@@ -168,3 +169,29 @@ def test_write_many_gives_the_bytes_of_write_per_card(tmp_path: Path) -> None:
         assert w.count == 5
     assert many.read_bytes() == one.read_bytes()
     assert [c.seq for c in read_bureau_file(many)[1]] == [1, 2, 3, 4, 5]
+
+
+def test_writer_sha256_is_the_written_files(tmp_path: Path) -> None:
+    """publish takes the writer's digest for the manifest instead of reading the file back."""
+    path = tmp_path / "b.cps"
+    header = BureauHeader("00ab", "demo", 2100, "2025-01-01T00:00:00Z", "demo-data@v1",
+                          "305D45", (("demo-tk@v1", "D2B91C"),))  # fmt: skip
+    cards = [
+        (i + 2, "p", "476173******0119", "demo-tk@v1", ((0x8000, True),), bytes([i % 256]) * 700)
+        for i in range(2100)
+    ]
+    with BureauFileWriter(path, header) as w:
+        w.write(BureauCard(1, *cards[0]))
+        w.write_many(cards[1:1000])  # blocks large enough to be hashed off the GIL
+        w.write_many(cards[1000:])
+        assert w.sha256 is None  # not before the trailer
+    assert w.sha256 == sha256_file(path)
+    _, read = read_bureau_file(path)
+    assert sum(1 for _ in read) == 2100  # the trailer's hash over the records still holds
+
+
+def test_writer_that_fails_has_no_sha256(tmp_path: Path) -> None:
+    header = BureauHeader("00ab", "demo", 2, "t", "k@v1", "00", ())
+    with pytest.raises(VerificationError), BureauFileWriter(tmp_path / "b.cps", header) as w:
+        w.write(BureauCard(1, 2, "p", "m", "t@v1", (), b"x"))
+    assert w.sha256 is None
