@@ -35,6 +35,7 @@ __all__ = [
     "PART_WRITE_OPTIONS",
     "PartWriter",
     "iter_part_batches",
+    "iter_part_record_batches",
     "read_part_metadata",
 ]
 
@@ -161,7 +162,14 @@ def iter_part_batches(
     ~3.4 us a row, the same rows (issue 7).  A part is written atomically and
     never rewritten in place, so the mapping cannot shrink under the reader.
     """
+    for batch in iter_part_record_batches(path, batch_rows, columns):
+        yield batch.to_pydict()
+
+
+def iter_part_record_batches(
+    path: Path, batch_rows: int = 1024, columns: Sequence[str] | None = None
+) -> Iterator[Any]:
+    """:func:`iter_part_batches` as Arrow record batches (for callers that convert by column)."""
     parquet = pq.ParquetFile(path, memory_map=True)
     wanted = list(columns) if columns is not None else None
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False):
-        yield batch.to_pydict()
+    yield from parquet.iter_batches(batch_size=batch_rows, columns=wanted, use_threads=False)

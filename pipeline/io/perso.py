@@ -47,7 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from pipeline.audit.trail import canonical
 from pipeline.errors import InvalidInputError, VerificationError
@@ -69,6 +69,7 @@ __all__ = [
     "bureau_record",
     "count_bureau_records",
     "decode_card_dgis",
+    "dgi_fields",
     "dgi_list",
     "encode_card_dgis",
     "open_card",
@@ -293,8 +294,9 @@ class BureauCard:
 
 
 #: one ``D`` record's fields after ``seq``: input line, product, masked PAN, TK,
-#: DGI (id, encrypted) pairs, sealed card (what :meth:`BureauFileWriter.write_many` takes)
-CardFields = tuple[int, str, str, str, tuple[tuple[int, bool], ...], bytes]
+#: DGI (id, encrypted) pairs or their field text already formatted (:func:`dgi_fields`),
+#: sealed card (what :meth:`BureauFileWriter.write_many` takes)
+CardFields = tuple[int, str, str, str, tuple[tuple[int, bool], ...] | str, bytes]
 
 
 def bureau_record(  # noqa: PLR0917 (the record's fields, in file order)
@@ -303,16 +305,19 @@ def bureau_record(  # noqa: PLR0917 (the record's fields, in file order)
     product: str,
     masked_pan: str,
     tk: str,
-    dgis: tuple[tuple[int, bool], ...],
+    dgis: tuple[tuple[int, bool], ...] | str,
     sealed: bytes,
 ) -> bytes:
     """One ``D`` record as the file holds it, LF included (:meth:`BureauCard.record`).
+
+    ``dgis``: the (id, encrypted) pairs, or their field text from :func:`dgi_fields`.
 
     Example:
         >>> bureau_record(1, 2, "p", "476173******0119", "tk@v1", ((0x8000, True),), b"x")
         b'D|1|2|p|476173******0119|tk@v1|8000E|eA==\\n'
     """
-    head = _SEP.join(("D", str(seq), str(line_no), product, masked_pan, tk, _dgi_field(dgis), ""))
+    field = dgis if isinstance(dgis, str) else _dgi_field(dgis)
+    head = _SEP.join(("D", str(seq), str(line_no), product, masked_pan, tk, field, ""))
     return head.encode("ascii") + binascii.b2a_base64(sealed)
 
 
@@ -339,6 +344,50 @@ def _dgi_field(dgis: tuple[tuple[int, bool], ...]) -> str:
     if cache:
         _DGI_FIELDS[dgis] = text
     return text
+
+
+def dgi_fields(ids: Any, flags: Any) -> list[str]:
+    """Each row's ``D`` record DGI list field, from a part's ``dgi_ids`` and ``dgi_encrypted``.
+
+    ``ids`` (``list<uint16>``) and ``flags`` (``list<bool>``) are Arrow list
+    arrays of one part batch (docs/OUTPUT.md "Parts").  Row ``i`` gets
+    ``_dgi_field(tuple(zip(ids[i], flags[i])))`` without a Python list per
+    row (issue 7: publish): each row is keyed by its raw value bytes, and the
+    cards of a product share one DGI layout, so a layout is formatted once.
+    Rows whose two lists differ in length make the part unusable
+    (:class:`~pipeline.errors.VerificationError`).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> dgi_fields(pa.array([[0x0101, 0x8000], [0x0101]], pa.list_(pa.uint16())),
+        ...            pa.array([[False, True], [False]], pa.list_(pa.bool_())))
+        ['0101,8000E', '0101']
+    """
+    import pyarrow as pa  # noqa: PLC0415 (only publish formats from Arrow)
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    lengths = pc.list_value_length(ids)
+    if ids.null_count or flags.null_count or not lengths.equals(pc.list_value_length(flags)):
+        raise VerificationError("dgi_encrypted", "a row's DGI flags do not match its DGI ids")
+    values, marks = ids.flatten(), pc.cast(flags.flatten(), pa.uint8())
+    if values.type != pa.uint16() or values.null_count or marks.null_count:
+        raise VerificationError("dgi_ids", f"expected DGI ids as uint16, got {values.type}")
+    # the uint16 values (native byte order) and one byte per flag, as Arrow lays them out
+    raw_ids = values.buffers()[1].slice(2 * values.offset, 2 * len(values)).to_pybytes()
+    raw_marks = marks.buffers()[1].slice(marks.offset, len(marks)).to_pybytes()
+    known: dict[tuple[bytes, bytes], str] = {}
+    out: list[str] = []
+    start = 0
+    for length in lengths.to_pylist():
+        end = start + length
+        key = (raw_ids[2 * start : 2 * end], raw_marks[start:end])
+        text = known.get(key)
+        if text is None:
+            pairs = zip(struct.unpack(f"={length}H", key[0]), key[1], strict=True)
+            text = known[key] = _dgi_field(tuple((i, bool(e)) for i, e in pairs))
+        out.append(text)
+        start = end
+    return out
 
 
 class BureauFileWriter:

@@ -52,9 +52,9 @@ from pipeline.errors import CardprepError, ConfigError, PublishError, Reconcilia
 from pipeline.io.deliveries import PUBLISHED, Delivery, record_delivery
 from pipeline.io.lock import exclusive_lock
 from pipeline.io.manifest import MANIFEST_FORMAT, seal_manifest, write_manifest
-from pipeline.io.parts import iter_part_batches, read_part_metadata
+from pipeline.io.parts import iter_part_record_batches, read_part_metadata
 from pipeline.io.paths import BatchPaths, sha256_file
-from pipeline.io.perso import BureauFileWriter, BureauHeader
+from pipeline.io.perso import BureauFileWriter, BureauHeader, dgi_fields
 from pipeline.io.rejects import merge_reject_files
 from pipeline.io.report import REPORT_KINDS, build_report, seal_report, write_report
 from pipeline.keys.model import KeyAlgorithm, KeyRecord, KeyRef, KeyRole
@@ -468,13 +468,15 @@ def _write_outputs(  # noqa: PLR0917 (internal)
         part_sha256 = [hashing.submit(sha256_file, path) for path in part_paths]
         with BureauFileWriter(paths.bureau_file, header) as writer:
             for part_path in part_paths:
-                for cols in iter_part_batches(part_path, columns=_BUREAU_COLUMNS):
+                for batch in iter_part_record_batches(part_path, columns=_BUREAU_COLUMNS):
+                    column = batch.column
                     writer.write_many(
-                        (int(line_no), product, masked, tk_of[product],
-                         tuple(zip(ids, flags, strict=True)), sealed)
-                        for line_no, product, masked, ids, flags, sealed in zip(
-                            cols["line_no"], cols["product"], cols["masked_pan"],
-                            cols["dgi_ids"], cols["dgi_encrypted"], cols["card_data"], strict=True,
+                        (line_no, product, masked, tk_of[product], field, sealed)
+                        for line_no, product, masked, field, sealed in zip(
+                            column("line_no").to_pylist(), column("product").to_pylist(),
+                            column("masked_pan").to_pylist(),
+                            dgi_fields(column("dgi_ids"), column("dgi_encrypted")),
+                            column("card_data").to_pylist(), strict=True,
                         )
                     )  # fmt: skip
         sources = [paths.parse_rejects] + [paths.part_rejects(int(r["index"])) for r in ordered]

@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,7 +23,10 @@ from pipeline.io.perso import (
     BureauFileWriter,
     BureauHeader,
     CardSealer,
+    _dgi_field,
+    bureau_record,
     decode_card_dgis,
+    dgi_fields,
     encode_card_dgis,
     open_card,
     read_bureau_file,
@@ -195,3 +199,36 @@ def test_writer_that_fails_has_no_sha256(tmp_path: Path) -> None:
     with pytest.raises(VerificationError), BureauFileWriter(tmp_path / "b.cps", header) as w:
         w.write(BureauCard(1, 2, "p", "m", "t@v1", (), b"x"))
     assert w.sha256 is None
+
+
+_layouts = st.lists(
+    st.lists(st.tuples(st.integers(0, 0xFFFF), st.booleans()), max_size=12), max_size=60
+)
+
+
+@given(rows=_layouts, cut=st.integers(0, 60), size=st.integers(0, 60))
+@settings(max_examples=200, deadline=None)
+def test_dgi_fields_match_the_per_row_formatting(
+    rows: list[list[tuple[int, bool]]], cut: int, size: int
+) -> None:
+    """publish formats the DGI list field from the Arrow columns: the text of _dgi_field."""
+    ids = pa.array([[i for i, _ in row] for row in rows], pa.list_(pa.uint16()))
+    flags = pa.array([[e for _, e in row] for row in rows], pa.list_(pa.bool_()))
+    # batches of a part are slices of larger arrays: offsets into shared buffers
+    ids, flags, rows = ids.slice(cut, size), flags.slice(cut, size), rows[cut : cut + size]
+    assert dgi_fields(ids, flags) == [_dgi_field(tuple(row)) for row in rows]
+
+
+def test_dgi_fields_refuse_flags_that_do_not_match_the_ids() -> None:
+    ids = pa.array([[0x0101, 0x8000]], pa.list_(pa.uint16()))
+    with pytest.raises(VerificationError, match="dgi_encrypted"):
+        dgi_fields(ids, pa.array([[False]], pa.list_(pa.bool_())))
+    with pytest.raises(VerificationError, match="dgi_encrypted"):
+        dgi_fields(ids, pa.array([None], pa.list_(pa.bool_())))
+
+
+def test_bureau_record_takes_the_dgi_field_preformatted() -> None:
+    pairs = ((0x0101, False), (0x8000, True))
+    assert bureau_record(7, 9, "p", "m", "t@v1", pairs, b"xy") == bureau_record(
+        7, 9, "p", "m", "t@v1", "0101,8000E", b"xy"
+    )
