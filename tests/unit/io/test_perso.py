@@ -232,3 +232,20 @@ def test_bureau_record_takes_the_dgi_field_preformatted() -> None:
     assert bureau_record(7, 9, "p", "m", "t@v1", pairs, b"xy") == bureau_record(
         7, 9, "p", "m", "t@v1", "0101,8000E", b"xy"
     )
+
+
+def test_dgi_fields_do_not_import_pyarrow_compute() -> None:
+    """A batch run never imports pyarrow.compute (~40 ms a process): publish must not either."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from pipeline.io.perso import dgi_fields\n"
+        "ids = pa.array([[257, 32768], [257]], pa.list_(pa.uint16())).slice(1)\n"
+        "flags = pa.array([[False, True], [False]], pa.list_(pa.bool_())).slice(1)\n"
+        "assert dgi_fields(ids, flags) == ['0101']\n"
+        "print('pyarrow.compute' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
