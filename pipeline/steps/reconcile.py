@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import stat
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,19 @@ def unreconciled_summary(paths: BatchPaths) -> dict[str, Any]:
     }
 
 
+#: :func:`_regular_size` of a path that does not exist; -2: exists, not a regular file.
+_MISSING = -1
+
+
+def _regular_size(path: Path) -> int:
+    """The size of ``path`` if it is a regular file; :data:`_MISSING` or -2 otherwise."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return _MISSING
+    return st.st_size if stat.S_ISREG(st.st_mode) else -2
+
+
 def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
     """Counts read back from the files the manifest lists; ReconciliationError on any difference.
 
@@ -133,23 +147,25 @@ def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
     manifest's order, as before, so a file fails with the same error.
     """
     entries = [(base / entry["path"], entry) for entry in manifest["files"]]
+    # only a regular file of the manifest's size is opened ahead (a directory or a FIFO
+    # in its place fails the size check below as before, and nothing waits on it)
+    sizes = [_regular_size(path) for path, _ in entries]
+    ahead = [i for i, (_, entry) in enumerate(entries) if sizes[i] == entry["size"]]
     with ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="recount") as hashing:
-        digests = {
-            i: hashing.submit(sha256_file, path) for i, (path, _) in enumerate(entries)
-            if path.exists()
-        }  # fmt: skip
+        digests = {i: hashing.submit(sha256_file, entries[i][0]) for i in ahead}
         bureau: dict[int, tuple[BureauHeader, int] | VerificationError] = {}
-        for i, (path, entry) in enumerate(entries):
-            if entry["kind"] == "bureau" and i in digests:
+        for i in ahead:
+            path, entry = entries[i]
+            if entry["kind"] == "bureau":
                 try:
                     bureau[i] = count_bureau_records(path)
                 except VerificationError as exc:  # raised below, after the file's SHA-256
                     bureau[i] = exc
         counts = {"part": 0, "rejects": 0, "bureau": 0}
         for i, (path, entry) in enumerate(entries):
-            if i not in digests:
+            if sizes[i] == _MISSING:
                 raise ReconciliationError(f"{path} [exists]", "listed in the manifest but missing")
-            if path.stat().st_size != entry["size"] or digests[i].result() != entry["sha256"]:
+            if i not in digests or digests[i].result() != entry["sha256"]:
                 raise ReconciliationError(f"{path} [sha256]", "differs from the manifest")
             kind = entry["kind"]
             if kind in ("part", "rejects"):

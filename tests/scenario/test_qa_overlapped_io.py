@@ -87,13 +87,9 @@ def test_parts_written_before_the_new_options_resume_publish_and_verify(
     assert verify_batch(summary["batch_dir"], env.settings, store=env.store)["ok"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="38d83c0: reconcile counts the bureau file before comparing its size; "
-    "a directory there raises IsADirectoryError instead of ReconciliationError [sha256]",
-)
 def test_reconcile_refuses_a_bureau_path_that_became_a_directory(env: BatchEnv, copy: Path) -> None:
-    """Before 38d83c0 the size check came first: ``[sha256]``, as for any other listed file."""
+    """``[sha256]``, as for any other listed file of another size (a QA find in 38d83c0: the
+    speculative count raised IsADirectoryError)."""
     bureau = next((copy / "bureau").glob("*.cps"))
     bureau.unlink()
     bureau.mkdir()
@@ -134,20 +130,16 @@ class _FifoWatchdog:
         self._thread.join(5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="38d83c0: every listed path is opened (hashed, the bureau file counted) before "
-    "its size is compared; a FIFO blocks the open and the executor's shutdown waits on it",
-)
 @pytest.mark.parametrize("listed", ["part", "bureau"])
 def test_reconcile_does_not_wait_on_a_listed_path_that_is_not_a_regular_file(
     env: BatchEnv, copy: Path, listed: str
 ) -> None:
     """A listed file replaced by a FIFO has another size: ``[sha256]`` at once, nothing opened.
 
-    Since 38d83c0 every existing listed path is opened for hashing (and the bureau file
-    for counting) before the sizes are compared; opening a FIFO blocks until a writer
-    comes, and the executor's shutdown waits for that thread: reconcile never returns.
+    A QA find in 38d83c0: every existing listed path was opened for hashing (and the
+    bureau file for counting) before the sizes were compared; opening a FIFO blocks until
+    a writer comes, and the executor's shutdown waited for that thread.  Only regular
+    files of the manifest's size are opened ahead now.
     """
     target = (
         copy / "parts" / "part-00001.parquet"
