@@ -33,7 +33,7 @@ from pipeline.crypto.ciphers import Algorithm, primitive_for
 from pipeline.crypto.mac import cmac
 from pipeline.errors import InvalidInputError
 
-__all__ = ["KcvMethod", "kcv", "kcv_method_for"]
+__all__ = ["KcvMethod", "kcv", "kcv_function", "kcv_method_for"]
 
 
 class KcvMethod(StrEnum):
@@ -92,3 +92,30 @@ def kcv(key: bytes, method: str = "tdes", length: int = 3) -> bytes:
     if not isinstance(length, int) or not 1 <= length <= len(block):
         raise InvalidInputError("length", f"KCV length must be 1..{len(block)}, got {length!r}")
     return block[:length]
+
+
+def kcv_function(method: str = "tdes", length: int = 3) -> Callable[[bytes], bytes]:
+    """:func:`kcv` with ``method`` and ``length`` checked once, for a caller that keeps it.
+
+    The returned function gives ``kcv(key, method, length)`` for every key
+    (the key's length still checked per key); a key store making several
+    KCVs per card under fresh keys keeps one per method (issue 7).  An
+    unknown method or a bad length raises here, as :func:`kcv` would.
+
+    Example:
+        >>> tdes = kcv_function("tdes")
+        >>> tdes(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")).hex().upper()
+        '08D7B4'
+    """
+    ecb = _ECB_KCVS.get(method) if isinstance(method, str) else None
+    if ecb is None:
+        kcv(bytes(16), method, length)  # raises for an unknown method or a bad length
+        return lambda key: kcv(key, method, length)  # aes-cmac: one CMAC per key anyway
+    make, block = ecb
+    if not isinstance(length, int) or not 1 <= length <= len(block):
+        raise InvalidInputError("length", f"KCV length must be 1..{len(block)}, got {length!r}")
+
+    def compute(key: bytes) -> bytes:
+        return Cipher(make(key), _ECB).encryptor().update(block)[:length]
+
+    return compute

@@ -36,11 +36,24 @@ def check_pin_block_iso0(block: bytes, pan: str | None) -> None:
     The message names the failed rule only (control field, length, digit,
     fill), never the PIN or the block.
     """
+    _checked_pin_field(block, pan)
+
+
+def _checked_pin_field(block: bytes, pan: str | None) -> tuple[str, int]:
+    """:func:`check_pin_block_iso0`'s checks; returns the PIN field (16 upper-case hex
+    digits) and the PIN length, for :func:`pin_block_iso0_to_iso2` (one XOR per block).
+
+    Example:
+        >>> _checked_pin_field(bytes.fromhex("0412AC89ABCDEF67"), "43219876543210987")[1]
+        4
+    """
     if pan is None:
         raise InvalidInputError("pan", "a format 0 PIN block check needs the PAN")
     if len(block) != PIN_BLOCK_LENGTH:
         raise InvalidInputError("pin_block", f"must be 8 bytes, got {len(block)}")
-    field = bytes(a ^ b for a, b in zip(block, pan_field_iso0(pan), strict=True)).hex().upper()
+    # block XOR PAN field as one 64-bit integer (the per-byte XOR, in one operation)
+    value = int.from_bytes(block, "big") ^ int.from_bytes(pan_field_iso0(pan), "big")
+    field = value.to_bytes(PIN_BLOCK_LENGTH, "big").hex().upper()
     if field[0] != "0":
         raise InvalidInputError("pin_block", "control field is not 0 (not a format 0 block)")
     length = int(field[1], 16)
@@ -50,6 +63,7 @@ def check_pin_block_iso0(block: bytes, pan: str | None) -> None:
         raise InvalidInputError("pin_block", "PIN field holds a non-decimal digit")
     if field[2 + length :] != "F" * (14 - length):
         raise InvalidInputError("pin_block", "fill is not F")
+    return field, length
 
 
 def pin_block_iso0_to_iso2(block: bytes, pan: str) -> bytes:
@@ -63,7 +77,5 @@ def pin_block_iso0_to_iso2(block: bytes, pan: str) -> bytes:
         >>> pin_block_iso0_to_iso2(bytes.fromhex("0412AC89ABCDEF67"), "43219876543210987").hex()
         '241234ffffffffff'
     """
-    check_pin_block_iso0(block, pan)
-    field = bytes(a ^ b for a, b in zip(block, pan_field_iso0(pan), strict=True)).hex().upper()
-    length = int(field[1], 16)
+    field, length = _checked_pin_field(block, pan)
     return bytes.fromhex(("2" + field[1 : 2 + length]).ljust(16, "F"))

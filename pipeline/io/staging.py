@@ -32,7 +32,7 @@ import pyarrow as pa
 from pipeline.io.sealed import read_sealed, write_sealed
 from pipeline.keys.model import KeyRef
 from pipeline.keys.store import KeyStore
-from pipeline.records.validate import CardRecord
+from pipeline.records.validate import CardRecord, _card_record
 
 __all__ = [
     "STAGING_KIND",
@@ -87,22 +87,31 @@ def records_to_table(records: Sequence[CardRecord]) -> Any:
 
 
 def records_from_table(table: Any) -> Iterator[CardRecord]:
-    """Rebuild :class:`CardRecord` values from a staging table (one at a time)."""
-    cols = {name: table.column(name).to_pylist() for name in STAGING_SCHEMA.names}
-    for i in range(table.num_rows):
-        yield CardRecord(
-            line_no=cols["line_no"][i],
-            product=cols["product"][i],
-            pan=cols["pan"][i],
-            psn=cols["psn"][i],
-            expiry=cols["expiry"][i],
-            effective=cols["effective"][i],
-            service_code=cols["service_code"][i],
-            name=cols["name"][i],
-            discretionary=cols["discretionary"][i],
-            kdd=cols["kdd"][i],
-            secrets=dict(cols["secrets"][i]),
-            extra=dict(cols["extra"][i]),
+    """Rebuild :class:`CardRecord` values from a staging table (one at a time).
+
+    Each record is built as the validator builds it (``_card_record``: the
+    instance dictionary filled in one call, not the frozen ``__init__``'s
+    twelve ``object.__setattr__``); the records are equal to
+    ``CardRecord(...)`` of the same fields (issue 7: once per prepared card).
+    """
+    columns = [table.column(name).to_pylist() for name in STAGING_SCHEMA.names]
+    for (
+        line_no, product, pan, psn, expiry, effective, service_code, name, discretionary, kdd,
+        secrets, extra,
+    ) in zip(*columns, strict=True):  # fmt: skip
+        yield _card_record(
+            line_no=line_no,
+            product=product,
+            pan=pan,
+            psn=psn,
+            expiry=expiry,
+            effective=effective,
+            service_code=service_code,
+            name=name,
+            discretionary=discretionary,
+            kdd=kdd,
+            secrets=dict(secrets),
+            extra=dict(extra),
         )
 
 

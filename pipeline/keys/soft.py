@@ -97,7 +97,7 @@ from pipeline.crypto.aead import AesGcm
 from pipeline.crypto.ciphers import Algorithm, BlockCipher, fix_parity
 from pipeline.crypto.emv import IccMkDeriver, validate_pan
 from pipeline.crypto.kcv import kcv as compute_kcv
-from pipeline.crypto.kcv import kcv_method_for
+from pipeline.crypto.kcv import kcv_function, kcv_method_for
 from pipeline.crypto.kdf import hkdf_sha256
 from pipeline.crypto.mac import KeyedCmac
 from pipeline.crypto.padding import pad_iso9797_m2, unpad_iso9797_m2
@@ -301,6 +301,29 @@ def _ecb_wrapper(cipher: BlockCipher) -> Callable[[bytes], bytes]:
     return wrap
 
 
+#: KCV method -> its 3-byte :func:`~pipeline.crypto.kcv.kcv_function`: the KCVs a card
+#: needs (up to 11, each under a fresh key) skip the method and length checks
+_KCV3: dict[str, Callable[[bytes], bytes]] = {}
+_KCV3_KEPT = 16  # a store sees a handful of methods
+
+
+def _kcv3(method: str) -> Callable[[bytes], bytes]:
+    """The 3-byte KCV function of ``method`` (``compute_kcv(key, method)`` for any key).
+
+    Raises as :func:`~pipeline.crypto.kcv.kcv` for an unknown method.
+
+    Example:
+        >>> _kcv3("tdes")(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")).hex().upper()
+        '08D7B4'
+    """
+    function = _KCV3.get(method) if type(method) is str else None
+    if function is None:
+        function = kcv_function(method)
+        if type(method) is str and len(_KCV3) < _KCV3_KEPT:
+            _KCV3[method] = function
+    return function
+
+
 def _check_purpose(purpose: str) -> bytes:
     if not isinstance(purpose, str) or not _PURPOSE_RE.match(purpose):
         raise InvalidInputError("purpose", f"expected 1..64 of a-z 0-9 . _ -, got {purpose!r}")
@@ -335,6 +358,20 @@ class _Loaded:
     wrapper: Callable[[bytes], bytes] | None = field(default=None, repr=False)
     #: the derive plan this IMK entry served last (the others stay in ``objects``)
     plan: _DerivePlan | None = field(default=None, repr=False)
+    #: ``strength_bits`` of ``strength_of``, the record it was computed on (:meth:`strength`)
+    strength_bits: int = field(default=0, repr=False)
+    strength_of: KeyRecord | None = field(default=None, repr=False)
+
+    def strength(self) -> int:
+        """``record.strength_bits``, computed once per record (a re-read record recomputes).
+
+        The strength comparisons of ``translate`` and ``diversify_and_wrap`` run
+        on every card; the property maps the algorithm through an Enum-keyed table.
+        """
+        record = self.record
+        if self.strength_of is not record:
+            self.strength_bits, self.strength_of = record.strength_bits, record
+        return self.strength_bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -1868,7 +1905,7 @@ class SoftKeyStore:
             plan = imk_e.plan = self._plan_for(imk, imk_e, tk_e, method, tk)
         mk = plan.derive(pan, psn)
         name = plan.kcv_method
-        return WrappedKey(plan.wrap(mk), compute_kcv(mk, name), name, tk)
+        return WrappedKey(plan.wrap(mk), _kcv3(name)(mk), name, tk)
 
     def _plan_for(
         self, imk: KeyRef, imk_e: _Loaded, tk_e: _Loaded, method: DerivationMethod, tk: KeyRef
@@ -1915,11 +1952,12 @@ class SoftKeyStore:
         tk_e = self._load(tk, Operation.WRAP_OUTPUT)
         if not method.is_gp:
             raise InvalidInputError("method", f"{method.value} is not a GP diversification")
-        if tk_e.record.strength_bits < kmc_e.record.strength_bits:  # raises
+        if tk_e.strength() < kmc_e.strength():  # raises
             check_strength(tk_e.record, str(kmc), kmc_e.record.strength_bits, Operation.WRAP_OUTPUT)
         keys = self._diversifier(kmc_e, method).diversify(kdd)
         name, wrap = kmc_e.record.kcv_method, self._output_wrapper(tk_e)
-        enc, mac, dek = (WrappedKey(wrap(k), compute_kcv(k, name), name, tk) for k in keys)
+        kcv3 = _kcv3(name)
+        enc, mac, dek = (WrappedKey(wrap(k), kcv3(k), name, tk) for k in keys)
         return enc, mac, dek
 
     @staticmethod
@@ -1945,7 +1983,7 @@ class SoftKeyStore:
         """See :meth:`pipeline.keys.store.KeyStore.translate`."""
         src = self._load(from_key, Operation.TRANSLATE_FROM)
         dst = self._load(to_key, Operation.TRANSLATE_TO)
-        if dst.record.strength_bits < src.record.strength_bits:  # raises; skip str() otherwise
+        if dst.strength() < src.strength():  # raises; skip str() otherwise
             check_strength(
                 dst.record, str(from_key), src.record.strength_bits, Operation.TRANSLATE_TO
             )
@@ -1987,7 +2025,8 @@ class SoftKeyStore:
             raise InvalidInputError(
                 "ciphertext", f"{len(ciphertext)} bytes is not a whole number of {bs}-byte blocks"
             )
-        return compute_kcv(cipher.decrypt_ecb(ciphertext), method)
+        clear = cipher.decrypt_ecb(ciphertext)
+        return _kcv3(method)(clear)
 
     def encrypt_under_tk(self, tk: KeyRef, plaintext: bytes) -> bytes:
         """See :meth:`pipeline.keys.store.KeyStore.encrypt_under_tk`."""

@@ -301,24 +301,33 @@ def _record_plan(template: RecordTemplate, encoded: Mapping[bytes, bytes]) -> _R
     return b"".join(runs[0]), tuple(zip(card_tags, after, strict=True))
 
 
+#: ``encode_length(n)`` for n = 0..255: every per-card data object and record body
+#: (at most 254 bytes, MAX_RECORD_LENGTH) takes its length from here, not a call
+_LENGTHS = tuple(encode_length(n) for n in range(256))
+
+
 def _fill_record(
     template: RecordTemplate, plan: _RecordPlan, values: Mapping[bytes, bytes]
 ) -> bytes:
     """The record of ``plan`` with the card's ``values`` (see :func:`record_template`)."""
     head, card = plan
     parts = [head]
+    lengths = _LENGTHS
     for tag, after in card:
         value = values.get(tag)
         if not value:
             tlv = b""
         elif tag in CARD_TAGS and type(value) is bytes:  # tag checked at import
-            tlv = tag + encode_length(len(value)) + value
+            size = len(value)
+            tlv = tag + (lengths[size] if size < 256 else encode_length(size)) + value
         else:
             tlv = encode_tlv(tag, value)
         parts.append(tlv)
         parts.append(after)
     body = b"".join(parts)
-    record = TEMPLATE_70 + encode_length(len(body)) + body  # 70: one well-formed tag
+    size = len(body)
+    # 70: one well-formed tag
+    record = TEMPLATE_70 + (lengths[size] if size < 256 else encode_length(size)) + body
     if len(record) > MAX_RECORD_LENGTH:
         raise PreparationError(
             f"record {template.dgi:04X}", f"{len(record)} bytes exceeds {MAX_RECORD_LENGTH}"

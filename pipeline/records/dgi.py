@@ -69,6 +69,16 @@ class Dgi:
     encrypted: bool = False
 
     def __post_init__(self) -> None:
+        ident, value = self.id, self.value
+        # the common case (an int id in range, bytes within the limit) in one test;
+        # anything else takes the checks below, which raise as they always did
+        if (
+            type(ident) is int
+            and 0 <= ident <= 0xFFFF
+            and type(value) is bytes
+            and len(value) <= MAX_LENGTH
+        ):
+            return
         _check_id(self.id)
         if not isinstance(self.value, bytes):
             raise InvalidInputError(

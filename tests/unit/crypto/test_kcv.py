@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.crypto.ciphers import Algorithm, BlockCipher
-from pipeline.crypto.kcv import KcvMethod, kcv, kcv_method_for
+from pipeline.crypto.kcv import KcvMethod, kcv, kcv_function, kcv_method_for
 from pipeline.errors import InvalidInputError, KeyLengthError
 from tests.conftest import load_vectors
 
@@ -105,3 +105,29 @@ def test_ecb_kcv_refusals_on_the_fast_path(
             kcv(key, method, bad)  # type: ignore[arg-type]
     with pytest.raises(KeyLengthError):
         kcv(bytes(max(lengths) + 1), method)
+
+
+# --- kcv_function: the method and length checked once (issue 7) ----------------------------
+
+
+@pytest.mark.parametrize("method", ["tdes", "aes-gp", "sm4", "aes-cmac", KcvMethod.TDES])
+@given(seed=st.binary(min_size=16, max_size=16))
+@settings(max_examples=20, deadline=None)
+def test_kcv_function_equals_kcv(method: str, seed: bytes) -> None:
+    for length in (1, 3, 8):
+        compute = kcv_function(method, length)
+        assert compute(seed) == kcv(seed, method, length)
+        assert compute(bytearray(seed)) == kcv(seed, method, length)
+    assert kcv_function(method)(seed) == kcv(seed, method)
+
+
+def test_kcv_function_refuses_as_kcv() -> None:
+    with pytest.raises(InvalidInputError, match="method"):
+        kcv_function("des")
+    for method, bad in (("tdes", 9), ("tdes", 0), ("sm4", "3"), ("aes-cmac", 0), ("aes-cmac", 17)):
+        with pytest.raises(InvalidInputError, match="length"):
+            kcv_function(method, bad)  # type: ignore[arg-type]
+    with pytest.raises(KeyLengthError):
+        kcv_function("tdes")(bytes(32))  # the key length is still checked per key
+    with pytest.raises(KeyLengthError):
+        kcv_function("sm4")(bytes(24))

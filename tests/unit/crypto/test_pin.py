@@ -90,3 +90,20 @@ def test_bad_lengths() -> None:
         check_pin_block_iso0(bytes(8), None)
     with pytest.raises(InvalidInputError, match="pan"):
         pan_field_iso0("123")
+
+
+@pytest.mark.parametrize(
+    ("field", "why"),
+    [("141234FFFFFFFFFF", "control field"), ("0D1234FFFFFFFFFF", "PIN length"),
+     ("04123AFFFFFFFFFF", "non-decimal"), ("041234FFFFFFFFF0", "fill")],
+)  # fmt: skip
+def test_the_re_encoding_refuses_as_the_check(field: str, why: str) -> None:
+    """pin_block_iso0_to_iso2 runs the very checks of check_pin_block_iso0 (one XOR)."""
+    pan = "4761739001010119"
+    block = (int(field, 16) ^ int(pan[-13:-1], 16)).to_bytes(8, "big")
+    with pytest.raises(InvalidInputError, match=why):
+        pin_block_iso0_to_iso2(block, pan)
+    with pytest.raises(InvalidInputError, match="pan"):
+        pin_block_iso0_to_iso2(_format0("1234", pan), None)  # type: ignore[arg-type]
+    good = bytearray(_format0("123456", pan))
+    assert pin_block_iso0_to_iso2(good, pan) == bytes.fromhex("26123456FFFFFFFF")

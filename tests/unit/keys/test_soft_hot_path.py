@@ -14,6 +14,7 @@ keys with ``cryptography`` / :mod:`hmac` directly; no public vector applies.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from pathlib import Path
@@ -24,8 +25,10 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
 from pipeline.crypto.emv import derive_icc_mk
+from pipeline.crypto.kcv import kcv
 from pipeline.crypto.kdf import hkdf_sha256
-from pipeline.errors import InvalidInputError, KeyStateError
+from pipeline.errors import InvalidInputError, KeyStateError, KeyUsageError
+from pipeline.keys import soft
 from pipeline.keys.model import DerivationMethod, KeyAlgorithm, KeyRef, KeyRole, KeyUsage
 from pipeline.keys.soft import SoftKeyStore
 from tests.unit.keys.storekit import HMK, FakeClock, new_store
@@ -169,3 +172,42 @@ def test_a_bad_purpose_is_refused_after_good_ones_were_remembered(
     store.mac(key, b"data", "keypool-entry")
     with pytest.raises(InvalidInputError, match=r"expected 1\.\.64"):
         store.mac(key, b"data", purpose)  # type: ignore[arg-type]
+
+
+def test_kcv3_is_the_three_byte_kcv_of_each_method() -> None:
+    """The hot paths' KCV functions (one per method, kept) equal compute_kcv."""
+    key = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    for method in ("tdes", "aes-gp", "sm4", "aes-cmac"):
+        assert soft._kcv3(method)(key) == kcv(key, method)
+        assert soft._kcv3(method) is soft._kcv3(method)
+    with pytest.raises(InvalidInputError, match="method"):
+        soft._kcv3("des")
+    assert "des" not in soft._KCV3
+
+
+def test_the_strength_of_an_entry_follows_its_record(store: SoftKeyStore) -> None:
+    """_Loaded.strength is computed once per record: a re-read record recomputes it."""
+    tk = store.active("tk")
+    store.encrypt_under_tk(tk, bytes(8))
+    entry = store._cache[tk]
+    assert entry.strength() == entry.record.strength_bits == 80
+    assert entry.strength_of is entry.record
+    entry.record = dataclasses.replace(entry.record, algorithm=KeyAlgorithm.TDES3)
+    assert entry.strength() == 112  # another record object: recomputed
+
+
+def test_translate_and_diversify_still_refuse_a_weaker_destination(tmp_path: Path) -> None:
+    store = new_store(tmp_path, FakeClock())
+    _import(store, "tk", KeyAlgorithm.TDES2, KeyUsage.K0, KeyRole.TK, TK, owner="bureau:demo")
+    aes_kek = store.generate(
+        "aes-kek", KeyAlgorithm.AES256, KeyUsage.K0, KeyRole.KEK, "issuer:demo", actor="o"
+    ).ref
+    kmc = store.generate(
+        "kmc", KeyAlgorithm.AES256, KeyUsage.E5, KeyRole.KMC, "issuer:demo", actor="o"
+    ).ref
+    tk = store.active("tk")
+    for _ in range(2):  # the second time from the entries' cached strengths
+        with pytest.raises(KeyUsageError, match=r"tk@v1: .*80-bit .*weaker than aes-kek@v1"):
+            store.translate(bytes(16), aes_kek, tk)
+        with pytest.raises(KeyUsageError, match=r"80-bit .*weaker than kmc@v1"):
+            store.diversify_and_wrap(kmc, bytes(10), DerivationMethod.KDF3, tk)

@@ -175,3 +175,23 @@ def test_store_data_errors() -> None:
     with pytest.raises(InvalidInputError, match="P2"):
         store_data_apdus([Dgi(0x9000, b"")] * 257)
     assert len(store_data_apdus([Dgi(0x9000, b"")] * 256)) == 256
+
+
+class _Bytes(bytes):
+    pass
+
+
+def test_the_fast_path_accepts_and_refuses_as_the_checks() -> None:
+    """Dgi.__post_init__'s one-test path (int id, bytes value) leaves every other case
+    to the checks: a bytes subclass is accepted, a bool id, a str value or a value one
+    byte too long are refused as before."""
+    assert Dgi(0xFFFF, bytes(0xFFFF)).id == 0xFFFF
+    assert Dgi(0, _Bytes(b"x")).value == b"x"
+    with pytest.raises(InvalidInputError, match="identifier"):
+        Dgi(False, b"")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="must be bytes"):
+        Dgi(0x8000, "00")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="must be bytes"):
+        Dgi(0x8000, bytearray(2))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="exceeds"):
+        Dgi(0x8000, _Bytes(0x10000))

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.crypto.tlv import encode_length, encode_tlv
 from pipeline.errors import PreparationError
-from pipeline.prep.card import MAX_RECORD_LENGTH, PreparedCard, record_template
+from pipeline.prep.card import _LENGTHS, MAX_RECORD_LENGTH, PreparedCard, record_template
 from pipeline.profiles.model import RecordTemplate
 from pipeline.records.dgi import Dgi
 
@@ -80,3 +81,22 @@ def test_pre_encoded_and_card_tags_keep_template_order(
         encoded[t] if t in encoded else (_tlv(t, values[t]) if values.get(t) else b"") for t in tags
     )
     assert record_template(rec, values, encoded) == _tlv(b"\x70", body)
+
+
+def test_the_length_table_is_encode_length() -> None:
+    """_fill_record takes lengths 0..255 from a table (issue 7): the table is encode_length."""
+    assert [_LENGTHS[n] for n in range(256)] == [encode_length(n) for n in range(256)]
+
+
+@pytest.mark.parametrize("size", [1, 127, 128, 200, 245])
+def test_a_card_tag_of_any_one_byte_length_encodes_as_encode_tlv(size: int) -> None:
+    value = bytes([0x42]) * size
+    rec = RecordTemplate(2, 1, (b"\x9f\x46",))
+    tlv = encode_tlv(b"\x9f\x46", value)
+    assert record_template(rec, {b"\x9f\x46": value}) == b"\x70" + encode_length(len(tlv)) + tlv
+
+
+def test_a_card_tag_longer_than_255_bytes_still_makes_a_record_too_long() -> None:
+    rec = RecordTemplate(2, 1, (b"\x9f\x46",))
+    with pytest.raises(PreparationError, match="record 0201: 307 bytes"):
+        record_template(rec, {b"\x9f\x46": bytes(298)})
