@@ -207,3 +207,24 @@ def test_writer_sha256_of_an_empty_batch_is_the_files(tmp_path: Path) -> None:
     with BureauFileWriter(tmp_path / "b.cps", _header(0)) as w:
         pass
     assert w.sha256 == sha256_file(tmp_path / "b.cps")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="3ed3624: reconcile._regular_size catches FileNotFoundError only; a listed path "
+    "under a file (ENOTDIR) or in a symlink loop (ELOOP) raises OSError, not [exists]",
+)
+@pytest.mark.parametrize("damage", ["parts-dir-is-a-file", "symlink-loop"])
+def test_reconcile_names_a_listed_path_that_cannot_be_reached_as_missing(
+    env: BatchEnv, copy: Path, damage: str
+) -> None:
+    """``[exists]``, as ``path.exists()`` answered before 3ed3624 (False for ENOTDIR, ELOOP)."""
+    if damage == "parts-dir-is-a-file":
+        shutil.rmtree(copy / "parts")
+        (copy / "parts").write_bytes(b"not a directory")
+    else:
+        part = copy / "parts" / "part-00000.parquet"
+        part.unlink()
+        part.symlink_to(part.name)  # a link to itself: ELOOP
+    with pytest.raises(ReconciliationError, match=r"part-00000.parquet \[exists\]"):
+        reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
