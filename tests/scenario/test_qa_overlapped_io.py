@@ -228,3 +228,44 @@ def test_reconcile_names_a_listed_path_that_cannot_be_reached_as_missing(
         part.symlink_to(part.name)  # a link to itself: ELOOP
     with pytest.raises(ReconciliationError, match=r"part-00000.parquet \[exists\]"):
         reconcile({"batch_dir": str(copy)}, env.settings, store=env.store)
+
+
+def _killed_before_reconcile(env: BatchEnv, name: str, seed: int) -> Path:
+    """A batch published by run_batch and stopped before its reconcile step finished."""
+    sample = env.sample(name, 60, errors=0.1, seed=seed)
+    real = batch_mod.reconcile
+
+    def killed(*_a: object, **_k: object) -> None:
+        raise _Stop("killed in reconcile")
+
+    batch_mod.reconcile = killed  # type: ignore[assignment]
+    try:
+        with pytest.raises(_Stop):
+            run_batch("demo", sample.path, env.settings, shard_size=20, workers=1,
+                      store=env.store)  # fmt: skip
+    finally:
+        batch_mod.reconcile = real
+    return sample.path
+
+
+def test_run_batch_after_a_kill_in_reconcile_finishes_it(env: BatchEnv) -> None:
+    path = _killed_before_reconcile(env, "qa-unreconciled.dat", 61)
+    summary = run_batch("demo", path, env.settings, shard_size=20, workers=1, store=env.store)
+    assert summary["resumed"] == "reconcile" and summary["shards"] >= 2
+    assert summary["counts"]["prepared"] + summary["counts"]["rejected"] == 60
+    assert not (Path(summary["batch_dir"]) / "staging").exists()
+    assert verify_batch(summary["batch_dir"], env.settings, store=env.store)["ok"]
+
+
+def test_run_batch_after_a_kill_in_reconcile_still_checks_every_file(env: BatchEnv) -> None:
+    """The resumed reconcile recounts: a part damaged meanwhile fails it, staging is kept."""
+    path = _killed_before_reconcile(env, "qa-unreconciled-damaged.dat", 62)
+    batch_dir = next(p.parent for p in (env.root / "var").rglob("manifest.json")
+                     if (p.parent / "staging").exists())  # fmt: skip
+    part = batch_dir / "parts" / "part-00001.parquet"
+    data = bytearray(part.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    part.write_bytes(bytes(data))
+    with pytest.raises(ReconciliationError, match=r"part-00001.parquet \[sha256\]"):
+        run_batch("demo", path, env.settings, shard_size=20, workers=1, store=env.store)
+    assert (batch_dir / "staging").exists()  # still unreconciled: the next run checks again
