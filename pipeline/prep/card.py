@@ -565,21 +565,27 @@ class CardPreparer:
         derive = store.derive_and_wrap
         kcvs: dict[str, str] = {}
         secret_dgis: list[Dgi] = []
-        for spec, (ac, smi, smc), roles in zip(
+        for spec, (ac, smi, smc), (ac_role, smi_role, smc_role) in zip(
             profile.key_sets, keys.key_sets, self._kcv_roles, strict=True
         ):
             method = spec.derivation
-            wrapped = (
-                derive(ac, pan, psn, method, tk),
-                derive(smi, pan, psn, method, tk),
-                derive(smc, pan, psn, method, tk),
+            mk_ac = derive(ac, pan, psn, method, tk)
+            mk_smi = derive(smi, pan, psn, method, tk)
+            mk_smc = derive(smc, pan, psn, method, tk)
+            self._check_mk_ac(mk_ac, spec.name)
+            kcv_ac, kcv_smi = mk_ac.kcv[:KCV_LENGTH], mk_smi.kcv[:KCV_LENGTH]
+            kcv_smc = mk_smc.kcv[:KCV_LENGTH]
+            secret_dgis.append(
+                Dgi(
+                    spec.dgi,
+                    b"".join((mk_ac.ciphertext, mk_smi.ciphertext, mk_smc.ciphertext)),
+                    True,
+                )
             )
-            self._check_mk_ac(wrapped[0], spec.name)
-            short = [w.kcv[:KCV_LENGTH] for w in wrapped]
-            secret_dgis.append(Dgi(spec.dgi, b"".join([w.ciphertext for w in wrapped]), True))
-            secret_dgis.append(Dgi(spec.kcv_dgi, b"".join(short)))
-            for role, value in zip(roles, short, strict=True):
-                kcvs[role] = value.hex().upper()
+            secret_dgis.append(Dgi(spec.kcv_dgi, b"".join((kcv_ac, kcv_smi, kcv_smc))))
+            kcvs[ac_role] = kcv_ac.hex().upper()
+            kcvs[smi_role] = kcv_smi.hex().upper()
+            kcvs[smc_role] = kcv_smc.hex().upper()
         secret_dgis += self._kmc_dgis(record, kcvs)
         secret_dgis += self._sensitive_dgis(record)
         algorithm, bits, exponent = self._icc_request

@@ -95,6 +95,11 @@ log = logging.getLogger(__name__)
 _ERROR = "error"
 #: ``json.dumps(kcvs, sort_keys=True)`` with its encoder built once, not per card (issue 7)
 _kcvs_json = json.JSONEncoder(sort_keys=True).encode
+#: the part columns :meth:`ShardWorker.run` fills, in the order it binds their appends
+_PART_COLUMNS = (
+    "batch_id", "line_no", "product", "masked_pan", "pan_token", "dgi_ids", "dgi_encrypted",
+    "card_data", "kcvs", "icc_pk_sha256",
+)  # fmt: skip
 #: what a chunk task returns: ("ok", part rows IPC, reject rows) or ("error", marker, None)
 _Result = tuple[str, Any, Any]
 
@@ -220,11 +225,17 @@ class ShardWorker:
 
     def run(self, ipc: bytes) -> tuple[bytes, list[dict[str, Any]]]:
         """Prepare one chunk: (part rows as Arrow IPC, reject rows)."""
-        spec, seal = self.spec, self.sealer.seal
+        spec, seal, preparers = self.spec, self.sealer.seal, self.preparers
         columns: dict[str, list[Any]] = {name: [] for name in PART_SCHEMA.names}
         rejects: list[dict[str, Any]] = []
+        batch_id = spec.batch_id
+        # each column's append bound once per chunk, not looked up per card (issue 7)
+        (
+            add_batch, add_line, add_product, add_masked, add_token, add_ids, add_encrypted,
+            add_card, add_kcvs, add_pk,
+        ) = (columns[name].append for name in _PART_COLUMNS)  # fmt: skip
         for record in records_from_ipc(ipc):
-            preparer = self.preparers.get(record.product)
+            preparer = preparers.get(record.product)
             if preparer is None:
                 raise PreparationError(
                     f"product {record.product}", "not among the shard's planned products"
@@ -233,16 +244,17 @@ class ShardWorker:
             if not isinstance(result, PreparedCard):
                 rejects.append(reject_row(result, "prepare"))
                 continue
-            columns["batch_id"].append(spec.batch_id)
-            columns["line_no"].append(result.line_no)
-            columns["product"].append(result.product)
-            columns["masked_pan"].append(result.masked_pan)
-            columns["pan_token"].append(result.pan_token)
-            columns["dgi_ids"].append([d.id for d in result.dgis])
-            columns["dgi_encrypted"].append([d.encrypted for d in result.dgis])
-            columns["card_data"].append(seal(result.line_no, result.product, result.dgis))
-            columns["kcvs"].append(_kcvs_json(dict(result.kcvs)))
-            columns["icc_pk_sha256"].append(result.icc_public_key_sha256)
+            dgis = result.dgis
+            add_batch(batch_id)
+            add_line(result.line_no)
+            add_product(result.product)
+            add_masked(result.masked_pan)
+            add_token(result.pan_token)
+            add_ids([d.id for d in dgis])
+            add_encrypted([d.encrypted for d in dgis])
+            add_card(seal(result.line_no, result.product, dgis))
+            add_kcvs(_kcvs_json(dict(result.kcvs)))
+            add_pk(result.icc_public_key_sha256)
         import pyarrow as pa  # noqa: PLC0415 (already loaded by staging)
 
         return table_to_ipc(pa.table(columns, schema=PART_SCHEMA)), rejects
