@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -118,11 +119,17 @@ _MISSING = -1
 
 
 def _regular_size(path: Path) -> int:
-    """The size of ``path`` if it is a regular file; :data:`_MISSING` or -2 otherwise."""
+    """The size of ``path`` if it is a regular file; :data:`_MISSING` or -2 otherwise.
+
+    Missing as ``Path.exists`` says it (it was the check before): no such file, a
+    directory in the path that is a file, a symbolic link loop.
+    """
     try:
         st = path.stat()
-    except FileNotFoundError:
-        return _MISSING
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return _MISSING
+        raise
     return st.st_size if stat.S_ISREG(st.st_mode) else -2
 
 

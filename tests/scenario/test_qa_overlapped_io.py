@@ -209,11 +209,6 @@ def test_writer_sha256_of_an_empty_batch_is_the_files(tmp_path: Path) -> None:
     assert w.sha256 == sha256_file(tmp_path / "b.cps")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="3ed3624: reconcile._regular_size catches FileNotFoundError only; a listed path "
-    "under a file (ENOTDIR) or in a symlink loop (ELOOP) raises OSError, not [exists]",
-)
 @pytest.mark.parametrize("damage", ["parts-dir-is-a-file", "symlink-loop"])
 def test_reconcile_names_a_listed_path_that_cannot_be_reached_as_missing(
     env: BatchEnv, copy: Path, damage: str
