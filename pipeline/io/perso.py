@@ -487,11 +487,25 @@ class BureauFileWriter:
             self.sha256 = self._file_digest.hexdigest()
 
 
+#: The longest line a bureau file may hold (a ``D`` record is a few KB): a damaged file
+#: without line feeds is refused by its readers, not read into memory whole.
+MAX_LINE = 1 << 20
+
+
+def _lines(fh: IO[bytes], where: str) -> Iterator[bytes]:
+    """The lines of ``fh`` (LF kept), each at most :data:`MAX_LINE` bytes or an error."""
+    readline = fh.readline
+    while raw := readline(MAX_LINE + 1):
+        if len(raw) > MAX_LINE:
+            raise VerificationError(f"{where} [line]", f"a line is longer than {MAX_LINE} bytes")
+        yield raw
+
+
 def _open_bureau_file(path: Path) -> tuple[BureauHeader, IO[bytes]]:
     """Open a bureau file and parse its ``H`` line; the handle is left after it."""
     where = str(path)
     fh = path.open("rb")
-    first = fh.readline()
+    first = fh.readline(MAX_LINE + 1)
     try:
         header = BureauHeader.parse(first.rstrip(b"\n").decode("ascii"), where)
     except (UnicodeDecodeError, VerificationError):
@@ -515,7 +529,7 @@ def read_bureau_file(path: Path) -> tuple[BureauHeader, Iterator[BureauCard]]:
         digest = hashlib.sha256()
         seq = 0
         with fh:
-            for raw in fh:
+            for raw in _lines(fh, where):
                 if not raw.endswith(b"\n"):
                     raise VerificationError(f"{where} [truncated]", "last line has no LF")
                 text = raw[:-1].decode("ascii", errors="replace")
@@ -560,7 +574,7 @@ def count_bureau_records(path: Path) -> tuple[BureauHeader, int]:
     update = digest.update
     seq = 0
     with fh:
-        for raw in fh:
+        for raw in _lines(fh, where):
             if not raw.endswith(b"\n"):
                 raise VerificationError(f"{where} [truncated]", "last line has no LF")
             if raw.startswith(b"T|"):

@@ -249,3 +249,28 @@ def test_dgi_fields_do_not_import_pyarrow_compute() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_file_without_line_feeds_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    """Reconcile counts a bureau file of the manifest's size before its hash is compared."""
+    import tracemalloc  # noqa: PLC0415
+
+    from pipeline.io.perso import MAX_LINE, count_bureau_records  # noqa: PLC0415
+
+    path = tmp_path / "b.cps"
+    _write(path, 3)
+    head = path.read_bytes().split(b"\n", 1)[0] + b"\n"
+    path.write_bytes(head + bytes(8 * MAX_LINE))  # zero-filled after a crash
+    tracemalloc.start()
+    try:
+        with pytest.raises(VerificationError, match=r"\[line\]"):
+            count_bureau_records(path)
+        with pytest.raises(VerificationError, match=r"\[line\]"):
+            list(read_bureau_file(path)[1])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_LINE
+    path.write_bytes(bytes(8 * MAX_LINE))  # not even a header
+    with pytest.raises(VerificationError, match=r"\[header\]"):
+        count_bureau_records(path)
