@@ -73,3 +73,27 @@ def _parsed(valid: int) -> dict[str, Any]:
     return {"batch_id": "00ab12cd34ef5678", "issuer": "demo", "valid": valid,
             "batch_dir": "/b", "segment_size": SEGMENT, "products": [],
             "input_sha256": "00" * 32}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("start", "valid", "ahead"), [(0, 230, 150), (100, 230, 230), (0, 100, 100)]
+)
+def test_a_full_shard_stages_the_next_shards_first_segment_before_it_ends(
+    monkeypatch: pytest.MonkeyPatch, start: int, valid: int, ahead: int
+) -> None:
+    """While the workers finish a shard's last chunks, not after (issue 7: both idle then)."""
+    staged: list[int] = []
+
+    def read_segment(store: Any, path: Path, *, batch_id: str, segment: int) -> Any:
+        first = segment * SEGMENT
+        return pa.table({"ordinal": list(range(first, min(first + SEGMENT, valid)))})
+
+    monkeypatch.setattr(stream, "read_segment", read_segment)
+    feed = stream.StagedFeed(_parse(valid, valid, staged))
+    shard: dict[str, Any] = {"start": start, "segment_size": SEGMENT}
+    chunks = stream.staged_chunks(feed, None, _Paths(), shard,  # type: ignore[arg-type]
+                                  shard_size=100, chunk=16)  # fmt: skip
+    for _ in chunks:
+        assert staged[-1] <= min(start + 100, valid)  # no further while the shard is fed
+    assert feed.staged == ahead  # one segment past the shard (or the parse's end)
+    assert shard["end"] == min(start + 100, valid)
