@@ -45,7 +45,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ __all__ = [
     "WorkerSpec",
     "chunk_records",
     "prepare_shard",
-    "prepare_streamed_shard",
+    "prepare_streamed_shards",
     "resolve_keys",
 ]
 
@@ -414,6 +414,7 @@ class WorkerPool:
         self.workers = workers
         self._executor: ProcessPoolExecutor | None = None
         self._specs: list[WorkerSpec] = []
+        self._last_token: tuple[WorkerSpec, int] | None = None
         self.started = 0
 
     def __enter__(self) -> WorkerPool:
@@ -450,29 +451,42 @@ class WorkerPool:
 
     def token(self, spec: WorkerSpec) -> int:
         """The same number for specs that differ only in ``shard`` / ``chunk_records``."""
+        last = self._last_token
+        if last is not None and last[0] is spec:  # the chunks of one shard: one spec
+            return last[1]
         plan = replace(spec, shard=0, chunk_records=0)
         for token, known in enumerate(self._specs):
             if known == plan:
+                self._last_token = (spec, token)
                 return token
         self._specs.append(plan)
+        self._last_token = (spec, len(self._specs) - 1)
         return len(self._specs) - 1
+
+    def submit(self, spec: WorkerSpec, ipc: bytes) -> Future[_Result]:
+        """Send one chunk of ``spec``'s shard to the workers; its future result."""
+        return self._pool().submit(_run_chunk, self.token(spec), spec, ipc)
+
+    def end_shards(self) -> None:
+        """Every worker releases its never-handed pool claims (a broadcast, see the class)."""
+        pool = self._pool()
+        ends = [pool.submit(_end_shard) for _ in range(self.workers)]
+        for end in ends:
+            status, marker, _ = end.result()
+            if status == _ERROR:
+                _raise_marker(marker)
 
     def results(self, spec: WorkerSpec, chunks: Iterator[bytes]) -> Generator[_Result, None, None]:
         """Prepare ``chunks`` in order (at most 2 x workers in flight), then end the shard."""
-        token, pending = self.token(spec), deque[Future[tuple[str, Any, Any]]]()
+        pending = deque[Future[_Result]]()
         try:
-            pool = self._pool()
             for ipc in chunks:
-                pending.append(pool.submit(_run_chunk, token, spec, ipc))
+                pending.append(self.submit(spec, ipc))
                 if len(pending) >= 2 * self.workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-            ends = [pool.submit(_end_shard) for _ in range(self.workers)]
-            for end in ends:
-                status, marker, _ = end.result()
-                if status == _ERROR:
-                    _raise_marker(marker)
+            self.end_shards()
         except BaseException:  # a failed shard (or the consumer stopped): no state survives
             self.close()
             raise
@@ -593,36 +607,151 @@ def _shard_setup(
     return bs.for_bureau(cfg.bureau), cfg, batch_paths(shard["batch_dir"]), int(shard["index"])
 
 
-def prepare_streamed_shard(
-    shard: dict[str, Any],
-    settings: Settings,
-    *,
-    store: KeyStore,
-    pool: WorkerPool,
-    chunks: Iterator[bytes],
-    chunk: int,
-) -> dict[str, Any]:
-    """Prepare a shard whose records are still being staged (:mod:`pipeline.steps.stream`).
+class _ShardRun:
+    """One shard being prepared: its worker spec, open part, counters and result.
 
-    ``chunks`` yields the shard's records as they are staged and, when it is
-    exhausted, has set the shard's ``end``, ``count`` and ``segments``; they
-    are read only after the last chunk.  The same lock, ICC key pool
-    bookkeeping, part and result as :func:`prepare_shard`; no resume check
-    (a streamed batch has no earlier part: the caller makes sure).
-
-    Example:
-        >>> prepare_streamed_shard(shard, settings, store=ks, pool=pool,      # doctest: +SKIP
-        ...                        chunks=staged_chunks, chunk=256)["prepared"]
-        12000
+    :func:`_prepare` (one shard at a time) and :func:`prepare_streamed_shards`
+    (shards overlapped) feed it the workers' chunk results in order
+    (:meth:`add`); :meth:`commit` writes the rejects file and commits the part,
+    :meth:`abort` discards it.  The shard's ``count`` and ``end`` are read only
+    at :meth:`commit` (a streamed shard learns them from its last chunk).
     """
-    bs, cfg, paths, index = _shard_setup(shard, settings)
-    what = f"shard {index} of batch {paths.batch_id}"
-    with exclusive_lock(paths.part_lock(index), what, wait=bs.shard_lock_wait):
-        checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
-        return _prepare(
-            shard, settings, bs, (cfg.kek, checks), paths, store, (pool.workers, chunk), pool,
-            chunks=chunks,
-        )  # fmt: skip
+
+    def __init__(  # noqa: PLR0917 (internal)
+        self,
+        shard: dict[str, Any],
+        settings: Settings,
+        bs: Any,
+        kek_and_checks: tuple[str, tuple[tuple[str, str], ...]],
+        paths: BatchPaths,
+        store: KeyStore,
+        workers_and_chunk: tuple[int, int],
+    ) -> None:
+        self.started = time.monotonic()
+        self.shard, self.paths = shard, paths
+        self.n_workers, self.chunk = workers_and_chunk
+        kek, secret_checks = kek_and_checks
+        self.index = int(shard["index"])
+        products = list(shard["products"])
+        self.keys, self.kcvs = resolve_keys(store, products, bs.config_dir, kek, bs.pan_token_key)
+        self.data_key = store.active(bs.data_key)
+        self.kcvs[str(self.data_key)] = store.get(self.data_key).kcv.hex().upper()
+        worker_handle: Callable[[], Any] | None = getattr(store, "worker_handle", None)
+        self.spec = WorkerSpec(
+            settings=settings,
+            handle=worker_handle() if worker_handle is not None and self.n_workers > 1 else None,
+            config_dir=bs.config_dir,
+            kek=kek,
+            pan_token=bs.pan_token_key,
+            data_key=self.data_key,
+            batch_id=paths.batch_id,
+            products=tuple(products),
+            secret_checks=secret_checks,
+            shard=self.index,
+            chunk_records=self.chunk,
+        )
+        begin_shard(settings, paths.batch_id, self.index)  # burn what a crashed run claimed
+        self.icc_hashes: list[str] = []
+        self.prepared_pp: Counter[str] = Counter()
+        self.rejected_pp: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.reject_rows: list[dict[str, Any]] = []
+        self.part_path, self.rejects_path = paths.part(self.index), paths.part_rejects(self.index)
+        for path in (self.part_path, self.rejects_path):  # temporaries a killed run left
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        self.part = PartWriter(self.part_path)
+        self.part.__enter__()
+        self.closed = False
+        #: chunks sent and not yet added (overlapped shards)
+        self.in_flight = 0
+
+    def add(self, status: str, rows: Any, rejects: Any) -> None:
+        """One chunk's result (raises the worker's error)."""
+        if status == _ERROR:
+            _raise_marker(rows)
+        table = table_from_ipc(rows)
+        self.part.write_rows(table)
+        self.icc_hashes.extend(table.column("icc_pk_sha256").to_pylist())
+        self.prepared_pp.update(table.column("product").to_pylist())
+        for row in rejects:
+            self.rejected_pp[row["product"] or "(none)"] += 1
+            self.reasons[row["code"]] += 1
+        self.reject_rows.extend(rejects)
+
+    def abort(self, exc: BaseException) -> None:
+        """Discard the part (nothing of the shard is committed); no-op once closed."""
+        if not self.closed:
+            self.closed = True
+            self.part.__exit__(type(exc), exc, exc.__traceback__)
+
+    def commit(self) -> dict[str, Any]:
+        """Write the rejects file, check the counts, commit the part; the result dict."""
+        paths, shard, index = self.paths, self.shard, self.index
+        try:
+            write_reject_table(self.rejects_path, self.reject_rows)
+            prepared, rejected = self.part.rows, len(self.reject_rows)
+            if prepared + rejected != int(shard["count"]):
+                raise PreparationError(
+                    f"shard {index}",
+                    f"{prepared} prepared + {rejected} rejected != {shard['count']} staged records",
+                )
+            seconds = round(time.monotonic() - self.started, 3)
+            result: dict[str, Any] = {
+                "batch_id": paths.batch_id,
+                "index": index,
+                "start": int(shard["start"]),
+                "end": int(shard["end"]),
+                "part": str(self.part_path),
+                "rejects": str(self.rejects_path),
+                "prepared": prepared,
+                "rejected": rejected,
+                "prepared_per_product": dict(sorted(self.prepared_pp.items())),
+                "rejected_per_product": dict(sorted(self.rejected_pp.items())),
+                "reasons": dict(sorted(self.reasons.items())),
+                "keys": self.keys,
+                "kcvs": self.kcvs,
+                "data_key": str(self.data_key),
+                "workers": self.n_workers,
+                "chunk_records": self.chunk,
+                "seconds": seconds,
+                "cards_per_second": round(prepared / seconds, 1) if seconds > 0 else 0,
+                "resumed": False,
+            }
+            self.part.metadata = {
+                "batch_id": paths.batch_id,
+                "input_sha256": shard["input_sha256"],
+                "staging_id": shard.get("staging_id"),
+                "index": index,
+                "start": int(shard["start"]),
+                "end": int(shard["end"]),
+                "rejects_sha256": sha256_file(self.rejects_path),
+                "result": result,
+            }
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        self.closed = True
+        self.part.__exit__(None, None, None)
+        return result
+
+    def settle(self, settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
+        """After the commit, with every worker off the shard: settle its pool keys; log."""
+        # the part is committed: its cards' pool keys are used, any other claim of this
+        # shard is burned (never handed out again)
+        result["pool"] = settle_shard(settings, self.paths.batch_id, self.index, self.icc_hashes)
+        log.info(
+            "batch %s shard %d: %d prepared, %d rejected %s in %.2f s on %d worker(s); keys %s",
+            self.paths.batch_id,
+            self.index,
+            result["prepared"],
+            result["rejected"],
+            result["reasons"],
+            result["seconds"],
+            self.n_workers,
+            ", ".join(f"{ref} kcv={kcv}" for ref, kcv in self.kcvs.items()),
+        )
+        return result
 
 
 def _prepare(  # noqa: PLR0917 (internal)
@@ -634,125 +763,108 @@ def _prepare(  # noqa: PLR0917 (internal)
     store: KeyStore,
     workers_and_chunk: tuple[int, int],
     shared_pool: WorkerPool | None = None,
-    *,
-    chunks: Iterator[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Prepare ``shard``'s staged records (or ``chunks``); the part and the result dict.
-
-    The shard's ``count`` and ``end`` are read only once every chunk is
-    prepared (a streamed shard learns them from its last chunk).
-    """
-    started = time.monotonic()
-    n_workers, chunk = workers_and_chunk
-    kek, secret_checks = kek_and_checks
-    index = int(shard["index"])
-    products = list(shard["products"])
-    keys, kcvs = resolve_keys(store, products, bs.config_dir, kek, bs.pan_token_key)
-    data_key = store.active(bs.data_key)
-    kcvs[str(data_key)] = store.get(data_key).kcv.hex().upper()
-    worker_handle: Callable[[], Any] | None = getattr(store, "worker_handle", None)
-    spec = WorkerSpec(
-        settings=settings,
-        handle=worker_handle() if worker_handle is not None and n_workers > 1 else None,
-        config_dir=bs.config_dir,
-        kek=kek,
-        pan_token=bs.pan_token_key,
-        data_key=data_key,
-        batch_id=paths.batch_id,
-        products=tuple(products),
-        secret_checks=secret_checks,
-        shard=index,
-        chunk_records=chunk,
-    )
-    begin_shard(settings, paths.batch_id, index)  # burn what a crashed run of it claimed
-    icc_hashes: list[str] = []
-    if chunks is None:
-        chunks = _chunks(store, paths, shard, chunk)
+    """Prepare ``shard``'s staged records; the part and the result dict."""
+    run = _ShardRun(shard, settings, bs, kek_and_checks, paths, store, workers_and_chunk)
+    chunks = _chunks(store, paths, shard, run.chunk)
     inline: ShardWorker | None = None
     own_pool: WorkerPool | None = None
-    if n_workers == 1:
-        inline = ShardWorker(spec, store=store)
-        results = _results_inline(inline, chunks)
-    else:
-        pool = shared_pool or WorkerPool(n_workers)
-        own_pool = None if shared_pool is not None else pool
-        results = pool.results(spec, chunks)
-    prepared_pp: Counter[str] = Counter()
-    rejected_pp: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    reject_rows: list[dict[str, Any]] = []
-    part_path, rejects_path = paths.part(index), paths.part_rejects(index)
-    for path in (part_path, rejects_path):  # temporaries a killed run left behind
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-    # closing(): a failed shard stops its chunks (and an own or shared pool) at once
-    with closing(results), PartWriter(part_path) as part:
-        for status, rows, rejects in results:
-            if status == _ERROR:
-                _raise_marker(rows)
-            table = table_from_ipc(rows)
-            part.write_rows(table)
-            icc_hashes.extend(table.column("icc_pk_sha256").to_pylist())
-            prepared_pp.update(table.column("product").to_pylist())
-            for row in rejects:
-                rejected_pp[row["product"] or "(none)"] += 1
-                reasons[row["code"]] += 1
-            reject_rows.extend(rejects)
-        write_reject_table(rejects_path, reject_rows)
-        prepared, rejected = part.rows, len(reject_rows)
-        if prepared + rejected != int(shard["count"]):
-            raise PreparationError(
-                f"shard {index}",
-                f"{prepared} prepared + {rejected} rejected != {shard['count']} staged records",
-            )
-        seconds = round(time.monotonic() - started, 3)
-        result: dict[str, Any] = {
-            "batch_id": paths.batch_id,
-            "index": index,
-            "start": int(shard["start"]),
-            "end": int(shard["end"]),
-            "part": str(part_path),
-            "rejects": str(rejects_path),
-            "prepared": prepared,
-            "rejected": rejected,
-            "prepared_per_product": dict(sorted(prepared_pp.items())),
-            "rejected_per_product": dict(sorted(rejected_pp.items())),
-            "reasons": dict(sorted(reasons.items())),
-            "keys": keys,
-            "kcvs": kcvs,
-            "data_key": str(data_key),
-            "workers": n_workers,
-            "chunk_records": chunk,
-            "seconds": seconds,
-            "cards_per_second": round(prepared / seconds, 1) if seconds > 0 else 0,
-            "resumed": False,
-        }
-        part.metadata = {
-            "batch_id": paths.batch_id,
-            "input_sha256": shard["input_sha256"],
-            "staging_id": shard.get("staging_id"),
-            "index": index,
-            "start": int(shard["start"]),
-            "end": int(shard["end"]),
-            "rejects_sha256": sha256_file(rejects_path),
-            "result": result,
-        }
+    try:
+        if run.n_workers == 1:
+            inline = ShardWorker(run.spec, store=store)
+            results = _results_inline(inline, chunks)
+        else:
+            pool = shared_pool or WorkerPool(run.n_workers)
+            own_pool = None if shared_pool is not None else pool
+            results = pool.results(run.spec, chunks)
+        # closing(): a failed shard stops its chunks (and an own or shared pool) at once
+        with closing(results):
+            for status, rows, rejects in results:
+                run.add(status, rows, rejects)
+    except BaseException as exc:
+        run.abort(exc)
+        raise
+    result = run.commit()
     if inline is not None:
         inline.close()
     if own_pool is not None:
         own_pool.close()
-    # the part is committed and every worker closed: its cards' pool keys are used,
-    # any other claim of this shard is burned (never handed out again)
-    result["pool"] = settle_shard(settings, paths.batch_id, index, icc_hashes)
-    log.info(
-        "batch %s shard %d: %d prepared, %d rejected %s in %.2f s on %d worker(s); keys %s",
-        paths.batch_id,
-        index,
-        prepared,
-        rejected,
-        dict(reasons),
-        seconds,
-        n_workers,
-        ", ".join(f"{ref} kcv={kcv}" for ref, kcv in kcvs.items()),
-    )
-    return result
+    return run.settle(settings, result)
+
+
+def prepare_streamed_shards(
+    shards: Iterator[tuple[dict[str, Any], Iterator[bytes], int]],
+    settings: Settings,
+    *,
+    store: KeyStore,
+    pool: WorkerPool,
+) -> list[dict[str, Any]]:
+    """Prepare shards whose records are still being staged, overlapped (:mod:`.stream`).
+
+    ``shards`` yields ``(shard, chunks, chunk_records)`` one shard at a time;
+    a shard's ``chunks`` yield its records as they are staged and, when
+    exhausted, have set its ``end``, ``count`` and ``segments``.  Each shard
+    gets the lock, part, rejects file and result of :func:`prepare_shard`
+    (no resume check: a streamed batch has no earlier part, the caller makes
+    sure).  The next shard's chunks go to the workers while the last ones of
+    the shard before are still being prepared, so the workers never wait at a
+    shard's end (issue 7: ~50 ms per boundary here, 11 boundaries in a
+    12,000-card batch of the default 1,000-card shards).  A shard's part is
+    committed when its last result is in; its ICC pool keys are settled once
+    every shard is committed and every worker has released its claims (a
+    committed part settles again if the run dies before: resume).
+
+    Example:
+        >>> results = prepare_streamed_shards(shards, settings, store=ks,   # doctest: +SKIP
+        ...                                   pool=pool)
+        >>> sum(r["prepared"] for r in results)                             # doctest: +SKIP
+        12000
+    """
+    runs: list[_ShardRun] = []
+    locks: dict[int, ExitStack] = {}
+    pending: deque[tuple[_ShardRun, Future[_Result]]] = deque()
+    results: dict[int, dict[str, Any]] = {}
+
+    def collect() -> None:
+        run, future = pending.popleft()
+        run.add(*future.result())
+        run.in_flight -= 1
+        if run.in_flight == 0:  # every chunk sent and prepared
+            finish(run)
+
+    def finish(run: _ShardRun) -> None:
+        results[run.index] = run.commit()
+        locks.pop(run.index).close()
+
+    try:
+        for shard, chunks, chunk in shards:
+            bs, cfg, paths, index = _shard_setup(shard, settings)
+            what = f"shard {index} of batch {paths.batch_id}"
+            locks[index] = lock = ExitStack()
+            lock.enter_context(exclusive_lock(paths.part_lock(index), what,
+                                              wait=bs.shard_lock_wait))  # fmt: skip
+            checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
+            run = _ShardRun(shard, settings, bs, (cfg.kek, checks), paths, store,
+                            (pool.workers, chunk))  # fmt: skip
+            runs.append(run)
+            run.in_flight = 1  # held until every chunk is sent
+            for ipc in chunks:
+                pending.append((run, pool.submit(run.spec, ipc)))
+                run.in_flight += 1
+                while len(pending) >= 2 * pool.workers:
+                    collect()
+            run.in_flight -= 1
+            if run.in_flight == 0:
+                finish(run)
+        while pending:
+            collect()
+        pool.end_shards()
+    except BaseException as exc:  # a failed shard: nothing uncommitted survives
+        pool.close()
+        for run in runs:
+            if run.index not in results:
+                run.abort(exc)
+        for lock in locks.values():
+            lock.close()
+        raise
+    return [run.settle(settings, results[run.index]) for run in runs]

@@ -12,10 +12,12 @@ the rest, in one thread, pulled by the pool:
   segment once the parse has written it, advancing the parse when the pool
   asks for a chunk that is not staged yet (at most ``2 x workers`` chunks are
   in flight, so the parent parses while the workers prepare);
-* each shard goes through
-  :func:`pipeline.steps.prepare.prepare_streamed_shard`: the same lock, ICC
-  key pool bookkeeping, part file and result as ``prepare_shard``.  A shard
-  learns its end when the parse reaches it (a full shard) or ends.
+* the shards go through
+  :func:`pipeline.steps.prepare.prepare_streamed_shards`: the same lock, ICC
+  key pool bookkeeping, part file and result as ``prepare_shard``, and the
+  next shard's chunks sent while the last ones of the shard before are still
+  being prepared.  A shard learns its end when the parse reaches it (a full
+  shard) or ends.
 
 When the parse has ended, :func:`pipeline.steps.plan.plan_shards` must give
 exactly the shards that were prepared, or the run fails
@@ -51,7 +53,7 @@ from pipeline.records.parse import FileSummary
 from pipeline.steps.context import batch_settings
 from pipeline.steps.parse import StagedProgress, available_products, staged_parse
 from pipeline.steps.plan import plan_shards
-from pipeline.steps.prepare import WorkerPool, chunk_records, prepare_streamed_shard
+from pipeline.steps.prepare import WorkerPool, chunk_records, prepare_streamed_shards
 
 __all__ = ["StagedFeed", "staged_chunks", "stream_batch"]
 
@@ -184,19 +186,20 @@ def stream_batch(
             "segment_size": bs.segment_size,
         }  # fmt: skip
         shards: list[dict[str, Any]] = []
-        results: list[dict[str, Any]] = []
-        while feed.until(len(shards) * shard_size + 1) > len(shards) * shard_size:
-            start = len(shards) * shard_size
-            shard = dict(base, index=len(shards), start=start)
-            shards.append(shard)
-            expected = min(shard_size, max(1, feed.last.records - start))
-            chunk = chunk_records(bs.chunk_size, expected, pool.workers)
-            chunks = staged_chunks(feed, store, paths, shard, shard_size=shard_size, chunk=chunk)
-            results.append(
-                prepare_streamed_shard(
-                    shard, settings, store=store, pool=pool, chunks=chunks, chunk=chunk
-                )
-            )
+
+        def shards_as_staged() -> Iterator[tuple[dict[str, Any], Iterator[bytes], int]]:
+            """The next shard once the parse has staged a record beyond the last one's end."""
+            while feed.until(len(shards) * shard_size + 1) > len(shards) * shard_size:
+                start = len(shards) * shard_size
+                shard = dict(base, index=len(shards), start=start)
+                shards.append(shard)
+                expected = min(shard_size, max(1, feed.last.records - start))
+                chunk = chunk_records(bs.chunk_size, expected, pool.workers)
+                chunks = staged_chunks(feed, store, paths, shard, shard_size=shard_size,
+                                       chunk=chunk)  # fmt: skip
+                yield shard, chunks, chunk
+
+        results = prepare_streamed_shards(shards_as_staged(), settings, store=store, pool=pool)
         parsed = feed.finish()
     except BaseException:
         feed.steps.close()  # the parse's rejects writer and locks end with the run

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.errors import VerificationError
 from pipeline.records import validate
-from pipeline.steps import stream
+from pipeline.steps import prepare, stream
 from pipeline.steps.batch import run_batch
 from pipeline.steps.prepare import WorkerPool
 from tests.scenario.batchkit import (  # noqa: F401 (fixtures)
@@ -70,6 +70,37 @@ def test_the_first_segment_is_prepared_before_the_parse_ends(
     assert not parse_ended and staged < 4
 
 
+@pytest.mark.slow
+def test_the_next_shard_is_sent_before_the_shard_before_is_committed(
+    env: BatchEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards overlap: the workers never wait at a shard's end for its part to be committed
+    and the next shard to be set up (issue 7); the parts are what a one-worker run writes."""
+    sample = env.sample("stream-shards.dat", 200, errors=0.05, seed=69)
+    events: list[tuple[str, int]] = []
+    submit, commit = WorkerPool.submit, prepare._ShardRun.commit
+
+    def submitted(self: WorkerPool, spec: Any, ipc: bytes) -> Any:
+        events.append(("send", spec.shard))
+        return submit(self, spec, ipc)
+
+    def committed(self: Any) -> dict[str, Any]:
+        events.append(("commit", self.index))
+        return commit(self)
+
+    monkeypatch.setattr(WorkerPool, "submit", submitted)
+    monkeypatch.setattr(prepare._ShardRun, "commit", committed)
+    streamed = run_batch("demo", sample.path, env.settings, shard_size=SHARD, workers=2,
+                         batch_date=BATCH_DATE, store=env.store)  # fmt: skip
+    shards = streamed["shards"]
+    assert shards >= 3 and [i for kind, i in events if kind == "commit"] == list(range(shards))
+    for index in range(shards - 1):  # a chunk of the next shard went out before the commit
+        assert events.index(("send", index + 1)) < events.index(("commit", index))
+    stepwise = run_batch("demo", sample.path, elsewhere(env, "var-shards"), shard_size=SHARD,
+                         workers=1, batch_date=BATCH_DATE, store=env.store)  # fmt: skip
+    assert shared_output(streamed) == shared_output(stepwise)
+
+
 def test_a_batch_with_an_earlier_part_takes_the_step_by_step_path(env: BatchEnv) -> None:
     sample = env.sample("stream-earlier.dat", 120, seed=63)
     run_batch("demo", sample.path, env.settings, dry_run=True)  # nothing written
@@ -96,11 +127,15 @@ def test_a_parse_failing_half_way_publishes_nothing_and_the_rerun_publishes_once
 ) -> None:
     sample = env.sample("stream-fail.dat", 200, errors=0.05, seed=64)
     check = validate.Validator.check
-    calls = [0]
+    from pipeline.io.paths import batch_id_for, sha256_file  # noqa: PLC0415
+
+    base = Path(env.settings.raw["storage"]["root"]) / "batches" / "demo"
+    batch = base / batch_id_for(sha256_file(sample.path))
 
     def failing(self: validate.Validator, raw: Any) -> Any:
-        calls[0] += 1
-        if calls[0] == 150:  # after the first shard was prepared and committed
+        # the first record parsed after the first shard was prepared and committed (shards
+        # overlap: it is committed while the next shard's chunks are being prepared)
+        if (batch / "parts" / "part-00000.parquet").exists():
             raise VerificationError("staging", "disk gone (test)")
         return check(self, raw)
 
@@ -108,10 +143,6 @@ def test_a_parse_failing_half_way_publishes_nothing_and_the_rerun_publishes_once
     with pytest.raises(VerificationError, match="disk gone"):
         run_batch("demo", sample.path, env.settings, shard_size=SHARD, workers=2,
                   batch_date=BATCH_DATE, store=env.store)  # fmt: skip
-    from pipeline.io.paths import batch_id_for, sha256_file  # noqa: PLC0415
-
-    base = Path(env.settings.raw["storage"]["root"]) / "batches" / "demo"
-    batch = base / batch_id_for(sha256_file(sample.path))
     assert not (batch / "manifest.json").exists()
     committed = sorted((batch / "parts").glob("part-*[0-9].parquet"))
     assert committed, "the shard before the failure was committed"
