@@ -24,7 +24,10 @@ the shard first burns what a crashed run of it claimed, and after the part is
 committed its cards' keys become ``used`` and every other claim is burned
 (``result["pool"]``).  A resumed shard settles again from its part's
 ``icc_pk_sha256`` column (a kill between the part's commit and the settle
-left its entries claimed).
+left its entries claimed).  Shards streamed on one pool overlap
+(:func:`prepare_streamed_shards`): a worker releases a shard's never-handed
+claims when it takes its first chunk of the next shard, and every shard is
+settled once all are committed and the workers have ended the last one.
 
 ``workers=1`` prepares in the calling process (no pool).
 
@@ -394,9 +397,10 @@ class WorkerPool:
     tables: ~0.3-0.5 s here).  Each worker process keeps its
     :class:`ShardWorker` while the shards share a plan (same :class:`WorkerSpec`
     but for ``shard`` and ``chunk_records``) and switches only the per-shard
-    ICC key pool claims.  At each shard's end every worker releases its
-    never-handed claims (a broadcast task that waits on a barrier, so each
-    worker runs exactly one) before the parent settles the shard.  Airflow's
+    ICC key pool claims.  At each shard's end (:meth:`results`; for overlapped
+    shards, at the last one's end) every worker releases its never-handed
+    claims (a broadcast task that waits on a barrier, so each worker runs
+    exactly one) before the parent settles the shard(s).  Airflow's
     mapped ``prepare`` tasks are separate processes: :func:`prepare_shard`
     then uses a pool of its own for the one shard.
 
