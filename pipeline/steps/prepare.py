@@ -46,7 +46,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
@@ -739,11 +739,22 @@ class _ShardRun:
         self.part.__exit__(None, None, None)
         return result
 
-    def settle(self, settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
-        """After the commit, with every worker off the shard: settle its pool keys; log."""
+    def release(self) -> None:
+        """Drop what only the commit needed (overlapped shards wait for their settle)."""
+        self.icc_hashes, self.reject_rows = [], []
+
+    def settle(
+        self, settings: Settings, result: dict[str, Any], hashes: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """After the commit, with every worker off the shard: settle its pool keys; log.
+
+        ``hashes``: the written cards' ICC key hashes when :meth:`release` dropped them
+        (read lazily from the part: a shard that claimed nothing never reads them).
+        """
         # the part is committed: its cards' pool keys are used, any other claim of this
         # shard is burned (never handed out again)
-        result["pool"] = settle_shard(settings, self.paths.batch_id, self.index, self.icc_hashes)
+        written = self.icc_hashes if hashes is None else hashes
+        result["pool"] = settle_shard(settings, self.paths.batch_id, self.index, written)
         log.info(
             "batch %s shard %d: %d prepared, %d rejected %s in %.2f s on %d worker(s); keys %s",
             self.paths.batch_id,
@@ -838,6 +849,7 @@ def prepare_streamed_shards(
 
     def finish(run: _ShardRun) -> None:
         results[run.index] = run.commit()
+        run.release()  # memory stays flat however many shards wait for their settle
         locks.pop(run.index).close()
 
     try:
@@ -871,4 +883,9 @@ def prepare_streamed_shards(
         for lock in locks.values():
             lock.close()
         raise
-    return [run.settle(settings, results[run.index]) for run in runs]
+    return [run.settle(settings, results[run.index], _part_hashes(run.part_path)) for run in runs]
+
+
+def _part_hashes(path: Path) -> Iterator[str]:
+    """The ``icc_pk_sha256`` column of a committed part, read when first iterated."""
+    yield from pq.read_table(path, columns=["icc_pk_sha256"]).column(0).to_pylist()
