@@ -66,7 +66,7 @@ from pipeline.io.staging import read_segment, records_from_ipc, table_from_ipc, 
 from pipeline.io.workers import exit_with_parent
 from pipeline.keys import open_store
 from pipeline.keys.model import IccKeyPair, KeyRef, TranslateCheck
-from pipeline.keys.pool import DryPolicy, PoolIccSource, pool_path
+from pipeline.keys.pool import DryPolicy, PoolIccSource
 from pipeline.keys.settings import Settings
 from pipeline.keys.store import KeyStore
 from pipeline.prep.card import CardPreparer, PreparedCard, PreparerKeys
@@ -562,10 +562,7 @@ def _settle_resumed(settings: Settings, paths: BatchPaths, index: int) -> dict[s
     other claim of the shard is burned).  Idempotent: a settled shard changes
     nothing (``{"used": 0, "burned": 0}``); without a pool file nothing is read.
     """
-    if not pool_path(settings).exists():
-        return {"used": 0, "burned": 0}
-    hashes = pq.read_table(paths.part(index), columns=["icc_pk_sha256"]).column(0).to_pylist()
-    return settle_shard(settings, paths.batch_id, index, hashes)
+    return settle_shard(settings, paths.batch_id, index, _part_hashes(paths.part(index)))
 
 
 def prepare_shard(
@@ -582,7 +579,7 @@ def prepare_shard(
     process (``cardprep run``); without it a shard on several workers starts
     and stops a pool of its own (Airflow's mapped tasks).
     """
-    bs, cfg, paths, index = _shard_setup(shard, settings)
+    bs, _, paths, index = _shard_setup(shard, settings)
     n_workers = min(
         pool.workers if pool is not None else default_workers(workers, bs),
         max(1, int(shard["count"])),
@@ -596,10 +593,7 @@ def prepare_shard(
             done["pool"] = _settle_resumed(settings, paths, index)
             return done
         with opened_store(settings, store) as ks:
-            checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
-            return _prepare(
-                shard, settings, bs, (cfg.kek, checks), paths, ks, (n_workers, chunk), pool
-            )
+            return _prepare(_ShardRun(shard, settings, ks, n_workers, chunk), settings, ks, pool)
 
 
 def _shard_setup(
@@ -621,21 +615,19 @@ class _ShardRun:
     at :meth:`commit` (a streamed shard learns them from its last chunk).
     """
 
-    def __init__(  # noqa: PLR0917 (internal)
+    def __init__(
         self,
         shard: dict[str, Any],
         settings: Settings,
-        bs: Any,
-        kek_and_checks: tuple[str, tuple[tuple[str, str], ...]],
-        paths: BatchPaths,
         store: KeyStore,
-        workers_and_chunk: tuple[int, int],
+        workers: int,
+        chunk: int,
     ) -> None:
         self.started = time.monotonic()
+        bs, cfg, paths, self.index = _shard_setup(shard, settings)
         self.shard, self.paths = shard, paths
-        self.n_workers, self.chunk = workers_and_chunk
-        kek, secret_checks = kek_and_checks
-        self.index = int(shard["index"])
+        self.n_workers, self.chunk = workers, chunk
+        kek, secret_checks = cfg.kek, secret_checks_for(load_layout(cfg.layout, bs.config_dir))
         products = list(shard["products"])
         self.keys, self.kcvs = resolve_keys(store, products, bs.config_dir, kek, bs.pan_token_key)
         self.data_key = store.active(bs.data_key)
@@ -769,19 +761,11 @@ class _ShardRun:
         return result
 
 
-def _prepare(  # noqa: PLR0917 (internal)
-    shard: dict[str, Any],
-    settings: Settings,
-    bs: Any,
-    kek_and_checks: tuple[str, tuple[tuple[str, str], ...]],
-    paths: BatchPaths,
-    store: KeyStore,
-    workers_and_chunk: tuple[int, int],
-    shared_pool: WorkerPool | None = None,
+def _prepare(
+    run: _ShardRun, settings: Settings, store: KeyStore, shared_pool: WorkerPool | None = None
 ) -> dict[str, Any]:
-    """Prepare ``shard``'s staged records; the part and the result dict."""
-    run = _ShardRun(shard, settings, bs, kek_and_checks, paths, store, workers_and_chunk)
-    chunks = _chunks(store, paths, shard, run.chunk)
+    """Prepare ``run``'s staged records; the part and the result dict."""
+    chunks = _chunks(store, run.paths, run.shard, run.chunk)
     inline: ShardWorker | None = None
     own_pool: WorkerPool | None = None
     try:
@@ -854,14 +838,12 @@ def prepare_streamed_shards(
 
     try:
         for shard, chunks, chunk in shards:
-            bs, cfg, paths, index = _shard_setup(shard, settings)
+            bs, _, paths, index = _shard_setup(shard, settings)
             what = f"shard {index} of batch {paths.batch_id}"
             locks[index] = lock = ExitStack()
             lock.enter_context(exclusive_lock(paths.part_lock(index), what,
                                               wait=bs.shard_lock_wait))  # fmt: skip
-            checks = secret_checks_for(load_layout(cfg.layout, bs.config_dir))
-            run = _ShardRun(shard, settings, bs, (cfg.kek, checks), paths, store,
-                            (pool.workers, chunk))  # fmt: skip
+            run = _ShardRun(shard, settings, store, pool.workers, chunk)
             runs.append(run)
             run.in_flight = 1  # held until every chunk is sent
             for ipc in chunks:
