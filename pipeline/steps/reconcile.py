@@ -114,12 +114,12 @@ def unreconciled_summary(paths: BatchPaths) -> dict[str, Any]:
     }
 
 
-#: :func:`_regular_size` of a path that does not exist; -2: exists, not a regular file.
-_MISSING = -1
+#: :func:`_regular_size` of a path that does not exist, and of one that is not a regular file.
+_MISSING, _NOT_REGULAR = -1, -2
 
 
 def _regular_size(path: Path) -> int:
-    """The size of ``path`` if it is a regular file; :data:`_MISSING` or -2 otherwise.
+    """The size of ``path`` if it is a regular file; :data:`_MISSING` or :data:`_NOT_REGULAR`.
 
     Missing as ``Path.exists`` says it (it was the check before): no such file, a
     directory in the path that is a file, a symbolic link loop.
@@ -130,7 +130,7 @@ def _regular_size(path: Path) -> int:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
             return _MISSING
         raise
-    return st.st_size if stat.S_ISREG(st.st_mode) else -2
+    return st.st_size if stat.S_ISREG(st.st_mode) else _NOT_REGULAR
 
 
 def _recount(base: Path, manifest: dict[str, Any]) -> dict[str, int]:
